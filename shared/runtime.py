@@ -1,0 +1,76 @@
+"""Quick mode, seeding and device choice.
+
+Quick mode (``COURSE_QUICK=1``) shrinks data, models and step counts so that every
+notebook runs in CI in minutes. It changes sizes only: the code path is the same.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+T = TypeVar("T")
+
+
+def is_quick() -> bool:
+    """True when the course runs in quick mode (``COURSE_QUICK=1``)."""
+    return os.environ.get("COURSE_QUICK", "0").strip().lower() in ("1", "true", "yes")
+
+
+def pick(full: T, quick: T) -> T:
+    """``full`` in the real course, ``quick`` in quick mode."""
+    return quick if is_quick() else full
+
+
+def mode_banner() -> str:
+    """One line saying which mode this run is in."""
+    if is_quick():
+        return (
+            "QUICK mode (COURSE_QUICK=1): small data, models and step counts;"
+            " numbers will differ from the text."
+        )
+    return "FULL mode: the real course (real data, book-sized runs)."
+
+
+def set_seed(seed: int = 123) -> None:
+    """Seed Python's, NumPy's and PyTorch's random number generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def mps_is_reliable() -> bool:
+    """True where Apple's MPS backend is available and recent enough to trust (torch >= 2.4)."""
+    major, minor = (int(x) for x in torch.__version__.split(".")[:2])
+    return (major, minor) >= (2, 4) and torch.backends.mps.is_available()
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """The device to use: ``prefer`` or ``COURSE_DEVICE`` if given, else CUDA, else MPS, else CPU."""
+    choice = prefer or os.environ.get("COURSE_DEVICE")
+    if choice:
+        return torch.device(choice)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if mps_is_reliable():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def describe_environment() -> dict[str, str]:
+    """Versions and hardware that matter for reproducing the course's outputs."""
+    import tiktoken
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "tiktoken": tiktoken.__version__,
+        "numpy": np.__version__,
+        "device": str(get_device()),
+        "mode": "quick" if is_quick() else "full",
+    }

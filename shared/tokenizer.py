@@ -1,0 +1,49 @@
+"""GPT-2's tokenizer that also works offline.
+
+tiktoken downloads GPT-2's ``encoder.json`` and ``vocab.bpe`` the first time it is
+asked for the ``gpt2`` encoding. Without a network, this module builds the very same
+encoding from the course's registered copies of those files (cache or mirror).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import tiktoken
+import tiktoken.load
+from tiktoken_ext import openai_public
+
+from shared.data import fetch
+
+END_OF_TEXT = "<|endoftext|>"
+END_OF_TEXT_ID = 50256
+
+
+def gpt2_encoding_from_files() -> tiktoken.Encoding:
+    """Build tiktoken's ``gpt2`` encoding from the registry's encoder.json and vocab.bpe."""
+    ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=str(fetch("vocab.bpe", quiet=True)),
+        encoder_json_file=str(fetch("encoder.json", quiet=True)),
+    )
+    return tiktoken.Encoding(
+        name="gpt2",
+        pat_str=openai_public.r50k_pat_str,
+        mergeable_ranks=ranks,
+        special_tokens={END_OF_TEXT: END_OF_TEXT_ID},
+        explicit_n_vocab=50257,
+    )
+
+
+@functools.cache
+def get_gpt2_tokenizer(source: str = "auto") -> tiktoken.Encoding:
+    """GPT-2's BPE tokenizer: ``"tiktoken"``, ``"files"``, or ``"auto"`` (tiktoken, else files)."""
+    if source not in ("auto", "tiktoken", "files"):
+        raise ValueError(f"source must be 'auto', 'tiktoken' or 'files', not {source!r}")
+    if source == "files":
+        return gpt2_encoding_from_files()
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception:  # no network and no tiktoken cache: any error means "could not download"
+        if source == "tiktoken":
+            raise
+        return gpt2_encoding_from_files()
