@@ -17,7 +17,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from shared.registry import FILES, GPT2_CKPT_FILES, GPT2_HF_REPOS, GPT2_SIZES, RemoteFile
 

@@ -1,0 +1,172 @@
+"""Greedy generation speed on CPU: no cache, the course's KV cache, and Hugging Face.
+
+Run by hand from the repository root (not a test; it takes a few minutes):
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_generation.py [--repeats 3]
+
+GPT-2 124M with random (seeded) weights generates 200 tokens after a 10-token prompt with
+    1. ``generate_text_simple`` (chapter 4): the whole window is recomputed at every step;
+    2. ``generate_text_cached`` (chapter 4, section 4.8): a preallocated KV cache;
+    3. ``transformers.GPT2LMHeadModel.generate`` (greedy, ``use_cache=True``) with the same weights.
+All three run in this one process, in turn, and must produce the same tokens. The script
+prints a Markdown table: the best (fastest) of ``--repeats`` runs of each, and ratios.
+Nothing is downloaded: the Hugging Face model is built from a config, not from the Hub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from shared.export import load_exports  # noqa: E402
+
+PROMPT_TOKENS = 10
+NEW_TOKENS = 200
+SEED = 123
+
+
+def build_hf_model():
+    """A randomly initialised (seeded) Hugging Face GPT-2 124M, built offline from a config."""
+    import transformers
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    transformers.logging.set_verbosity_error()
+    config = GPT2Config(
+        n_positions=1024, n_embd=768, n_layer=12, n_head=12, vocab_size=50257,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )
+    torch.manual_seed(SEED)
+    return GPT2LMHeadModel(config).eval()
+
+
+@torch.no_grad()
+def copy_hf_into_course(hf, model) -> None:
+    """Copy a Hugging Face GPT-2's weights into the course's GPTModel (same layout as OpenAI's)."""
+    tr = hf.transformer
+    d = model.cfg["emb_dim"]
+    model.tok_emb.weight.copy_(tr.wte.weight)
+    model.out_head.weight.copy_(tr.wte.weight)  # GPT-2 ties its output head to the embedding
+    model.pos_emb.weight.copy_(tr.wpe.weight)
+    for block, h in zip(model.trf_blocks, tr.h, strict=True):
+        block.norm1.scale.copy_(h.ln_1.weight)
+        block.norm1.shift.copy_(h.ln_1.bias)
+        # Conv1D stores weights as (in, out); nn.Linear as (out, in): hence the transposes.
+        q_w, k_w, v_w = h.attn.c_attn.weight.split(d, dim=1)  # 3 x (768, 768)
+        q_b, k_b, v_b = h.attn.c_attn.bias.split(d, dim=0)
+        for lin, w, bias in ((block.att.W_query, q_w, q_b), (block.att.W_key, k_w, k_b),
+                             (block.att.W_value, v_w, v_b)):
+            lin.weight.copy_(w.T)
+            lin.bias.copy_(bias)
+        block.att.out_proj.weight.copy_(h.attn.c_proj.weight.T)
+        block.att.out_proj.bias.copy_(h.attn.c_proj.bias)
+        block.norm2.scale.copy_(h.ln_2.weight)
+        block.norm2.shift.copy_(h.ln_2.bias)
+        block.ff.layers[0].weight.copy_(h.mlp.c_fc.weight.T)
+        block.ff.layers[0].bias.copy_(h.mlp.c_fc.bias)
+        block.ff.layers[2].weight.copy_(h.mlp.c_proj.weight.T)
+        block.ff.layers[2].bias.copy_(h.mlp.c_proj.bias)
+    model.final_norm.scale.copy_(tr.ln_f.weight)
+    model.final_norm.shift.copy_(tr.ln_f.bias)
+
+
+def cpu_name() -> str:
+    """The CPU's model name, as the operating system reports it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def timed(fn) -> tuple[float, torch.Tensor]:
+    """Seconds one call of ``fn`` takes, and what it returns."""
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per method (best is kept)")
+    parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
+    args = parser.parse_args()
+
+    import transformers
+
+    course = load_exports("ch04")
+    hf = build_hf_model()
+    cfg = course.gpt2_config("124M", qkv_bias=True, drop_rate=0.0)
+    model = course.GPTModel(cfg).eval()
+    copy_hf_into_course(hf, model)
+
+    torch.manual_seed(SEED)
+    prompt = torch.randint(0, cfg["vocab_size"], (1, PROMPT_TOKENS))
+    ctx = cfg["context_length"]
+    n = args.new_tokens
+    methods = {
+        "no cache (`generate_text_simple`)": lambda k: course.generate_text_simple(model, prompt, k, ctx),
+        "KV cache (`generate_text_cached`)": lambda k: course.generate_text_cached(model, prompt, k, ctx),
+        "Hugging Face `generate` (use_cache=True)": lambda k: hf.generate(
+            prompt, attention_mask=torch.ones_like(prompt), do_sample=False, use_cache=True,
+            max_new_tokens=k, min_new_tokens=k, pad_token_id=50256,
+        ),
+    }
+
+    load_before = os.getloadavg()
+    for fn in methods.values():  # warm-up: first calls allocate and initialise
+        fn(5)
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    outputs: dict[str, torch.Tensor] = {}
+    for _ in range(args.repeats):  # interleaved, so that a busy moment hits every method alike
+        for name, fn in methods.items():
+            seconds, out = timed(lambda fn=fn: fn(n))
+            times[name].append(seconds)
+            outputs[name] = out
+    load_after = os.getloadavg()
+
+    reference = outputs[next(iter(methods))]
+    for name, out in outputs.items():
+        if not torch.equal(out, reference):
+            raise SystemExit(f"{name} produced different tokens from generate_text_simple")
+
+    best = {name: min(ts) for name, ts in times.items()}
+    names = list(methods)
+    uncached, cached, hf_name = names
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"Date: {date}  ")
+    print(f"Machine: {cpu_name()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}  ")
+    print(f"Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}  ")
+    print(f"Load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f}  ")
+    print(f"GPT-2 124M, random weights, batch 1, prompt {PROMPT_TOKENS} tokens, {n} new tokens, "
+          f"float32 on CPU; best of {args.repeats} runs (median in brackets). All three produced "
+          "identical tokens.\n")
+    print("| method | seconds | tokens/s | vs. no cache | vs. Hugging Face |")
+    print("|---|---:|---:|---:|---:|")
+    for name in names:
+        med = statistics.median(times[name])
+        print(
+            f"| {name} | {best[name]:.2f} ({med:.2f}) | {n / best[name]:.1f} | "
+            f"{best[uncached] / best[name]:.2f}x | {best[hf_name] / best[name]:.2f}x |"
+        )
+    print(f"\nKV cache vs. no cache: {best[uncached] / best[cached]:.2f}x (target >= 5x); "
+          f"KV cache vs. Hugging Face: {best[hf_name] / best[cached]:.2f}x (target >= 1.2x)")
+
+
+if __name__ == "__main__":
+    main()

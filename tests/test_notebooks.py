@@ -1,0 +1,80 @@
+"""Every notebook: a clean stored run, numbered sections, exercises, local figures with alt text.
+
+nbval (run by `pytest` over every notebook) re-executes them and compares outputs; these
+checks cover what nbval does not.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted(
+    p for p in ROOT.glob("ch*_*/*.ipynb") if ".ipynb_checkpoints" not in p.parts
+)
+MACHINE_PATH = re.compile(r"/(work|tmp|root|home|Users|content)/[A-Za-z0-9_.-]+")
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _src(cell: dict) -> str:
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+@pytest.fixture(params=NOTEBOOKS, ids=[str(p.relative_to(ROOT)) for p in NOTEBOOKS])
+def notebook(request):
+    return request.param, _load(request.param)
+
+
+def test_every_chapter_has_its_main_notebook():
+    for chapter in sorted(ROOT.glob("ch*_*/")):
+        assert (chapter / f"{chapter.name[:4]}.ipynb").is_file(), chapter
+
+
+def test_stored_outputs_come_from_one_clean_run(notebook):
+    path, nb = notebook
+    counts = []
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        skipped = "nbval-skip" in cell.get("metadata", {}).get("tags", [])
+        if skipped:
+            assert not cell.get("outputs"), f"{path.name}: a skipped cell must be stored without output"
+            continue
+        assert cell.get("execution_count") is not None, f"{path.name}: a cell was not run:\n{_src(cell)[:80]}"
+        counts.append(cell["execution_count"])
+        for out in cell.get("outputs", []):
+            assert out["output_type"] != "error", f"{path.name}: stored error output"
+            text = json.dumps({k: v for k, v in out.items() if k != "data"} | {
+                "data": {k: v for k, v in out.get("data", {}).items() if not k.startswith("image/")}})
+            assert not MACHINE_PATH.search(text), f"{path.name}: machine path {MACHINE_PATH.search(text)[0]}"
+    assert counts == list(range(1, len(counts) + 1)), f"{path.name}: execution counts not 1..N"
+
+
+def test_title_numbered_sections_and_exercises(notebook):
+    path, nb = notebook
+    markdown = "\n".join(_src(c) for c in nb["cells"] if c["cell_type"] == "markdown")
+    assert markdown.lstrip().startswith("# "), f"{path.name}: starts with a title"
+    if path.stem == path.parent.name[:4]:  # main chapter notebook
+        n = int(path.parent.name[2:4])
+        assert re.search(rf"^## {n}\.1 ", markdown, re.M), f"{path.name}: sections numbered {n}.1, ..."
+    assert re.search(r"^## .*Exercises", markdown, re.M), f"{path.name}: has an Exercises section"
+    assert re.search(r"(?i)solution", markdown), f"{path.name}: exercises have worked solutions"
+
+
+def test_images_are_local_exist_and_have_alt_text(notebook):
+    path, nb = notebook
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "markdown":
+            continue
+        for alt, target in re.findall(r"!\[([^\]]*)\]\(([^)\s]+)", _src(cell)):
+            assert alt.strip(), f"{path.name}: image {target} needs alt text"
+            assert not re.match(r"(?i)https?://", target), f"{path.name}: hotlinked image {target}"
+            assert (path.parent / target).resolve().is_file(), f"{path.name}: missing image {target}"
+        assert "<img" not in _src(cell), f"{path.name}: use Markdown images with alt text"
