@@ -3,11 +3,17 @@
 # Do not edit: change the notebooks, then run the command again.
 """Code from earlier chapters of the course, for use next to this chapter's notebook."""
 
+import functools
+import json
 import re
+import sys
+import unicodedata
+from collections import Counter
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-
 
 # ============================================================================
 # ch01_llms
@@ -93,6 +99,163 @@ def create_dataloader(
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers
     )
+
+
+@functools.cache
+def byte_to_unicode_map() -> dict[int, str]:
+    """GPT-2's map from each of the 256 byte values to a printable character."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    mapping = {b: chr(b) for b in printable}  # printable bytes stand for themselves
+    shift = 0
+    for b in range(256):
+        if b not in mapping:  # space, control bytes, ...: the next free character from U+0100 up
+            mapping[b] = chr(256 + shift)
+            shift += 1
+    return dict(sorted(mapping.items()))
+
+
+def unicode_char_class(predicate: Callable[[str], bool]) -> str:
+    """The inside of a regex character class ``[...]`` matching every code point where ``predicate`` holds."""
+    ranges, start = [], None
+    for cp in range(sys.maxunicode + 2):
+        inside = cp <= sys.maxunicode and predicate(chr(cp))
+        if inside and start is None:
+            start = cp
+        elif not inside and start is not None:
+            ranges.append((start, cp - 1))
+            start = None
+    esc = lambda cp: f"\\U{cp:08x}"
+    return "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges)
+
+
+@functools.cache
+def gpt2_pretokenize_pattern() -> re.Pattern:
+    """GPT-2's pre-tokenization regex (tiktoken's ``r50k`` pattern) for the standard library's ``re``."""
+    letter = unicode_char_class(lambda c: unicodedata.category(c).startswith("L"))  # \p{L}
+    number = unicode_char_class(lambda c: unicodedata.category(c).startswith("N"))  # \p{N}
+    space = "\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"  # Unicode White_Space
+    return re.compile(
+        rf"'(?:[sdmt]|ll|ve|re)| ?[{letter}]++| ?[{number}]++| ?[^{space}{letter}{number}]++"
+        rf"|[{space}]++\Z|[{space}]+(?![^{space}])|[{space}]"
+    )
+
+
+class BytePairTokenizer:
+    """A byte-level byte pair encoding (BPE) tokenizer like GPT-2's, written from scratch."""
+
+    def __init__(
+        self,
+        vocab: dict[str, int],
+        merges: list[tuple[str, str]],
+        special_tokens: dict[str, int] | None = None,
+    ):
+        self.encoder = vocab  # token, spelled with byte_to_unicode_map() characters -> ID
+        self.decoder = {i: token for token, i in vocab.items()}
+        self.merge_ranks = {pair: rank for rank, pair in enumerate(merges)}  # earlier merge = lower rank
+        self.special_tokens = dict(special_tokens or {})
+        self.byte_to_char = byte_to_unicode_map()
+        self.char_to_byte = {c: b for b, c in self.byte_to_char.items()}
+        self.id_to_bytes = {i: bytes(self.char_to_byte[c] for c in tok) for tok, i in vocab.items()}
+        self.id_to_bytes.update({i: tok.encode("utf-8") for tok, i in self.special_tokens.items()})
+        self.pattern = gpt2_pretokenize_pattern()
+        self.cache: dict[str, list[int]] = {}  # pre-token -> IDs: a repeated word costs one lookup
+
+    @property
+    def n_vocab(self) -> int:
+        """Number of token IDs, special tokens included."""
+        return max(self.id_to_bytes) + 1
+
+    @classmethod
+    def from_gpt2_files(cls, encoder_json: str, vocab_bpe: str) -> "BytePairTokenizer":
+        """Load OpenAI's GPT-2 vocabulary (``encoder.json``) and merge list (``vocab.bpe``)."""
+        with open(encoder_json, encoding="utf-8") as fh:
+            vocab = json.load(fh)
+        with open(vocab_bpe, encoding="utf-8") as fh:
+            lines = fh.read().split("\n")[1:]  # the first line is a version comment
+        merges = [tuple(line.split(" ")) for line in lines if line]
+        special = {"<|endoftext|>": vocab.pop("<|endoftext|>")}
+        return cls(vocab, merges, special)
+
+    @classmethod
+    def train(
+        cls, text: str, num_merges: int, special_tokens: tuple[str, ...] = ("<|endoftext|>",)
+    ) -> "BytePairTokenizer":
+        """Learn ``num_merges`` merges from ``text``, each time joining the most frequent adjacent pair."""
+        byte_to_char = byte_to_unicode_map()
+        vocab = {byte_to_char[b]: b for b in range(256)}  # IDs 0..255: the single bytes
+        piece_counts = Counter(gpt2_pretokenize_pattern().findall(text))
+        words = {tuple(byte_to_char[b] for b in p.encode("utf-8")): n for p, n in piece_counts.items()}
+        merges = []
+        for _ in range(num_merges):
+            pair_counts = Counter()
+            for symbols, n in words.items():
+                for pair in zip(symbols, symbols[1:]):
+                    pair_counts[pair] += n
+            if not pair_counts:
+                break  # every piece is a single token already
+            best = min(pair_counts, key=lambda p: (-pair_counts[p], p))  # most frequent; ties alphabetical
+            merges.append(best)
+            vocab[best[0] + best[1]] = len(vocab)
+            words = {cls.merge_pair(symbols, best): n for symbols, n in words.items()}
+        special = {token: len(vocab) + i for i, token in enumerate(special_tokens)}
+        return cls(vocab, merges, special)
+
+    @staticmethod
+    def merge_pair(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+        """``symbols`` with every occurrence of ``pair`` joined into one symbol, left to right."""
+        out, i = [], 0
+        while i < len(symbols):
+            if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+                out.append(symbols[i] + symbols[i + 1])
+                i += 2
+            else:
+                out.append(symbols[i])
+                i += 1
+        return tuple(out)
+
+    def bpe(self, chars: str) -> tuple[str, ...]:
+        """Split one pre-token (in byte characters) into tokens, applying the learned merges in order."""
+        symbols = tuple(chars)
+        while len(symbols) > 1:
+            best = min(zip(symbols, symbols[1:]), key=lambda p: self.merge_ranks.get(p, float("inf")))
+            if best not in self.merge_ranks:
+                break  # no learned merge applies any more
+            symbols = self.merge_pair(symbols, best)
+        return symbols
+
+    def encode_piece(self, piece: str) -> list[int]:
+        """Token IDs of one pre-token, from the cache when it was seen before."""
+        ids = self.cache.get(piece)
+        if ids is None:
+            chars = "".join(self.byte_to_char[b] for b in piece.encode("utf-8"))
+            ids = self.cache[piece] = [self.encoder[token] for token in self.bpe(chars)]
+        return ids
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Token IDs of ``text``; special-token text is encoded as ordinary text."""
+        ids = []
+        for piece in self.pattern.findall(text):
+            ids.extend(self.encode_piece(piece))
+        return ids
+
+    def encode(self, text: str, allowed_special: set[str] | str = frozenset()) -> list[int]:
+        """Token IDs of ``text``; the special tokens in ``allowed_special`` (or ``"all"``) get their IDs."""
+        allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
+        if not allowed:
+            return self.encode_ordinary(text)
+        splitter = "(" + "|".join(re.escape(t) for t in sorted(allowed, key=len, reverse=True)) + ")"
+        ids = []
+        for i, part in enumerate(re.split(splitter, text)):
+            if i % 2:  # re.split puts the separators it captured at the odd positions
+                ids.append(self.special_tokens[part])
+            else:
+                ids.extend(self.encode_ordinary(part))
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of token IDs (byte sequences that are not valid UTF-8 become U+FFFD)."""
+        return b"".join(self.id_to_bytes[i] for i in ids).decode("utf-8", errors="replace")
 
 
 # ============================================================================

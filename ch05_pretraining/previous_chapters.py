@@ -3,11 +3,17 @@
 # Do not edit: change the notebooks, then run the command again.
 """Code from earlier chapters of the course, for use next to this chapter's notebook."""
 
+import functools
+import json
 import re
+import sys
+import unicodedata
+from collections import Counter
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-
 
 # ============================================================================
 # ch01_llms
@@ -93,6 +99,163 @@ def create_dataloader(
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers
     )
+
+
+@functools.cache
+def byte_to_unicode_map() -> dict[int, str]:
+    """GPT-2's map from each of the 256 byte values to a printable character."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    mapping = {b: chr(b) for b in printable}  # printable bytes stand for themselves
+    shift = 0
+    for b in range(256):
+        if b not in mapping:  # space, control bytes, ...: the next free character from U+0100 up
+            mapping[b] = chr(256 + shift)
+            shift += 1
+    return dict(sorted(mapping.items()))
+
+
+def unicode_char_class(predicate: Callable[[str], bool]) -> str:
+    """The inside of a regex character class ``[...]`` matching every code point where ``predicate`` holds."""
+    ranges, start = [], None
+    for cp in range(sys.maxunicode + 2):
+        inside = cp <= sys.maxunicode and predicate(chr(cp))
+        if inside and start is None:
+            start = cp
+        elif not inside and start is not None:
+            ranges.append((start, cp - 1))
+            start = None
+    esc = lambda cp: f"\\U{cp:08x}"
+    return "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges)
+
+
+@functools.cache
+def gpt2_pretokenize_pattern() -> re.Pattern:
+    """GPT-2's pre-tokenization regex (tiktoken's ``r50k`` pattern) for the standard library's ``re``."""
+    letter = unicode_char_class(lambda c: unicodedata.category(c).startswith("L"))  # \p{L}
+    number = unicode_char_class(lambda c: unicodedata.category(c).startswith("N"))  # \p{N}
+    space = "\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"  # Unicode White_Space
+    return re.compile(
+        rf"'(?:[sdmt]|ll|ve|re)| ?[{letter}]++| ?[{number}]++| ?[^{space}{letter}{number}]++"
+        rf"|[{space}]++\Z|[{space}]+(?![^{space}])|[{space}]"
+    )
+
+
+class BytePairTokenizer:
+    """A byte-level byte pair encoding (BPE) tokenizer like GPT-2's, written from scratch."""
+
+    def __init__(
+        self,
+        vocab: dict[str, int],
+        merges: list[tuple[str, str]],
+        special_tokens: dict[str, int] | None = None,
+    ):
+        self.encoder = vocab  # token, spelled with byte_to_unicode_map() characters -> ID
+        self.decoder = {i: token for token, i in vocab.items()}
+        self.merge_ranks = {pair: rank for rank, pair in enumerate(merges)}  # earlier merge = lower rank
+        self.special_tokens = dict(special_tokens or {})
+        self.byte_to_char = byte_to_unicode_map()
+        self.char_to_byte = {c: b for b, c in self.byte_to_char.items()}
+        self.id_to_bytes = {i: bytes(self.char_to_byte[c] for c in tok) for tok, i in vocab.items()}
+        self.id_to_bytes.update({i: tok.encode("utf-8") for tok, i in self.special_tokens.items()})
+        self.pattern = gpt2_pretokenize_pattern()
+        self.cache: dict[str, list[int]] = {}  # pre-token -> IDs: a repeated word costs one lookup
+
+    @property
+    def n_vocab(self) -> int:
+        """Number of token IDs, special tokens included."""
+        return max(self.id_to_bytes) + 1
+
+    @classmethod
+    def from_gpt2_files(cls, encoder_json: str, vocab_bpe: str) -> "BytePairTokenizer":
+        """Load OpenAI's GPT-2 vocabulary (``encoder.json``) and merge list (``vocab.bpe``)."""
+        with open(encoder_json, encoding="utf-8") as fh:
+            vocab = json.load(fh)
+        with open(vocab_bpe, encoding="utf-8") as fh:
+            lines = fh.read().split("\n")[1:]  # the first line is a version comment
+        merges = [tuple(line.split(" ")) for line in lines if line]
+        special = {"<|endoftext|>": vocab.pop("<|endoftext|>")}
+        return cls(vocab, merges, special)
+
+    @classmethod
+    def train(
+        cls, text: str, num_merges: int, special_tokens: tuple[str, ...] = ("<|endoftext|>",)
+    ) -> "BytePairTokenizer":
+        """Learn ``num_merges`` merges from ``text``, each time joining the most frequent adjacent pair."""
+        byte_to_char = byte_to_unicode_map()
+        vocab = {byte_to_char[b]: b for b in range(256)}  # IDs 0..255: the single bytes
+        piece_counts = Counter(gpt2_pretokenize_pattern().findall(text))
+        words = {tuple(byte_to_char[b] for b in p.encode("utf-8")): n for p, n in piece_counts.items()}
+        merges = []
+        for _ in range(num_merges):
+            pair_counts = Counter()
+            for symbols, n in words.items():
+                for pair in zip(symbols, symbols[1:]):
+                    pair_counts[pair] += n
+            if not pair_counts:
+                break  # every piece is a single token already
+            best = min(pair_counts, key=lambda p: (-pair_counts[p], p))  # most frequent; ties alphabetical
+            merges.append(best)
+            vocab[best[0] + best[1]] = len(vocab)
+            words = {cls.merge_pair(symbols, best): n for symbols, n in words.items()}
+        special = {token: len(vocab) + i for i, token in enumerate(special_tokens)}
+        return cls(vocab, merges, special)
+
+    @staticmethod
+    def merge_pair(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+        """``symbols`` with every occurrence of ``pair`` joined into one symbol, left to right."""
+        out, i = [], 0
+        while i < len(symbols):
+            if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+                out.append(symbols[i] + symbols[i + 1])
+                i += 2
+            else:
+                out.append(symbols[i])
+                i += 1
+        return tuple(out)
+
+    def bpe(self, chars: str) -> tuple[str, ...]:
+        """Split one pre-token (in byte characters) into tokens, applying the learned merges in order."""
+        symbols = tuple(chars)
+        while len(symbols) > 1:
+            best = min(zip(symbols, symbols[1:]), key=lambda p: self.merge_ranks.get(p, float("inf")))
+            if best not in self.merge_ranks:
+                break  # no learned merge applies any more
+            symbols = self.merge_pair(symbols, best)
+        return symbols
+
+    def encode_piece(self, piece: str) -> list[int]:
+        """Token IDs of one pre-token, from the cache when it was seen before."""
+        ids = self.cache.get(piece)
+        if ids is None:
+            chars = "".join(self.byte_to_char[b] for b in piece.encode("utf-8"))
+            ids = self.cache[piece] = [self.encoder[token] for token in self.bpe(chars)]
+        return ids
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Token IDs of ``text``; special-token text is encoded as ordinary text."""
+        ids = []
+        for piece in self.pattern.findall(text):
+            ids.extend(self.encode_piece(piece))
+        return ids
+
+    def encode(self, text: str, allowed_special: set[str] | str = frozenset()) -> list[int]:
+        """Token IDs of ``text``; the special tokens in ``allowed_special`` (or ``"all"``) get their IDs."""
+        allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
+        if not allowed:
+            return self.encode_ordinary(text)
+        splitter = "(" + "|".join(re.escape(t) for t in sorted(allowed, key=len, reverse=True)) + ")"
+        ids = []
+        for i, part in enumerate(re.split(splitter, text)):
+            if i % 2:  # re.split puts the separators it captured at the odd positions
+                ids.append(self.special_tokens[part])
+            else:
+                ids.extend(self.encode_ordinary(part))
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of token IDs (byte sequences that are not valid UTF-8 become U+FFFD)."""
+        return b"".join(self.id_to_bytes[i] for i in ids).decode("utf-8", errors="replace")
 
 
 # ============================================================================
@@ -323,3 +486,138 @@ def generate_text_simple(
         next_id = logits[:, -1, :].argmax(dim=-1, keepdim=True)  # (b, 1)
         idx = torch.cat([idx, next_id], dim=1)  # (b, T + 1)
     return idx
+
+
+def _affine(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight_t + bias`` for x of shape (rows, in) and weight_t of shape (in, out)."""
+    return x @ weight_t if bias is None else torch.addmm(bias, x, weight_t)
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, per layer, in buffers preallocated to ``max_len``.
+
+    It also holds the model's linear-layer weights once more, transposed to (in, out) and with
+    the query, key and value matrices side by side: on CPU a vector-matrix product reads that
+    layout faster. The price is a second copy of those weights, so a cache belongs to one model:
+    build a new one after the model's weights change.
+    """
+
+    def __init__(self, model: nn.Module, batch_size: int, max_len: int | None = None):
+        cfg = model.cfg
+        self.max_len = cfg["context_length"] if max_len is None else max_len
+        if not 0 < self.max_len <= cfg["context_length"]:
+            raise ValueError(f"max_len must be in 1..{cfg['context_length']}, got {self.max_len}")
+        self.batch_size = batch_size
+        head_dim = cfg["emb_dim"] // cfg["n_heads"]
+        weight = model.tok_emb.weight
+        shape = (cfg["n_layers"], batch_size, cfg["n_heads"], self.max_len, head_dim)
+        with torch.inference_mode():  # everything here is written only under inference mode
+            self.keys = torch.empty(shape, dtype=weight.dtype, device=weight.device)
+            self.values = torch.empty(shape, dtype=weight.dtype, device=weight.device)
+            self.layers = []  # per block: (in, out) weights and biases of its linear layers
+            for blk in model.trf_blocks:
+                att, ff = blk.att, blk.ff.layers
+                qkv = (att.W_query, att.W_key, att.W_value)
+                self.layers.append({
+                    "qkv": torch.cat([lin.weight for lin in qkv]).t().contiguous(),  # (d_in, 3*d_out)
+                    "qkv_bias": None if att.W_query.bias is None else torch.cat([lin.bias for lin in qkv]),
+                    "out": att.out_proj.weight.t().contiguous(),  # (d_out, d_out)
+                    "ff1": ff[0].weight.t().contiguous(),  # (emb_dim, 4*emb_dim)
+                    "ff2": ff[2].weight.t().contiguous(),  # (4*emb_dim, emb_dim)
+                })
+            self.head = model.out_head.weight.t().contiguous()  # (emb_dim, vocab_size)
+        self.length = 0  # how many positions hold valid keys and values
+
+    def reset(self) -> None:
+        """Forget every cached token (the buffers are kept and overwritten later)."""
+        self.length = 0
+
+
+@torch.inference_mode()
+def forward_with_cache(
+    model: nn.Module, idx: torch.Tensor, cache: KVCache, last_only: bool = False
+) -> torch.Tensor:
+    """Logits for new tokens ``idx`` (b, T) that continue the cached ones; updates ``cache``.
+
+    Uses the model's own modules and weights and the same math as ``MultiHeadAttention``
+    (scores / sqrt(head_dim), softmax, times the values); dropout is skipped, so the model must
+    be in eval mode. With ``last_only`` only the last position's logits are computed: (b, 1, vocab).
+    """
+    if model.training:
+        raise RuntimeError("forward_with_cache is for inference: call model.eval() first")
+    b, num_new = idx.shape
+    start, end = cache.length, cache.length + num_new
+    if end > cache.max_len:
+        raise ValueError(
+            f"{start} cached + {num_new} new tokens exceed the cache length {cache.max_len}; "
+            "reset the cache and prefill a cropped window"
+        )
+    emb_dim = model.cfg["emb_dim"]
+    x = model.tok_emb(idx) + model.pos_emb.weight[start:end]  # (b, T, emb_dim)
+    x = x.view(b * num_new, emb_dim)  # (b*T, emb_dim): rows for the matrix products
+    for layer, (block, w) in enumerate(zip(model.trf_blocks, cache.layers)):
+        att = block.att
+        # queries, keys and values in one product: (b*T, 3*d_out) -> (b, T, 3, n_heads, head_dim)
+        qkv = _affine(block.norm1(x), w["qkv"], w["qkv_bias"])
+        qkv = qkv.view(b, num_new, 3, att.num_heads, att.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (b, n_heads, T, head_dim)
+        cache.keys[layer, :, :, start:end] = k  # written in place into the preallocated buffer
+        cache.values[layer, :, :, start:end] = v
+        keys = cache.keys[layer, :, :, :end]  # (b, n_heads, end, head_dim)
+        values = cache.values[layer, :, :, :end]  # (b, n_heads, end, head_dim)
+        scores = q @ keys.transpose(2, 3)  # (b, n_heads, T, end)
+        if num_new > 1:  # a single new token may see every cached one: nothing to mask
+            scores = scores.masked_fill(att.mask[start:end, :end], float("-inf"))
+        weights = torch.softmax(scores / att.head_dim**0.5, dim=-1)
+        context = (weights @ values).transpose(1, 2).reshape(b * num_new, att.d_out)  # (b*T, d_out)
+        x = x + _affine(context, w["out"], att.out_proj.bias)
+        h = block.ff.layers[1](_affine(block.norm2(x), w["ff1"], block.ff.layers[0].bias))  # GELU
+        x = x + _affine(h, w["ff2"], block.ff.layers[2].bias)
+    cache.length = end
+    x = x.view(b, num_new, emb_dim)  # (b, T, emb_dim)
+    if last_only:
+        x = x[:, -1:]  # (b, 1, emb_dim)
+    x = model.final_norm(x)
+    logits = _affine(x.reshape(-1, emb_dim), cache.head, model.out_head.bias)
+    return logits.view(b, x.shape[1], -1)  # (b, T or 1, vocab_size)
+
+
+def generate_text_cached(
+    model: nn.Module, idx: torch.Tensor, max_new_tokens: int, context_size: int, cache: KVCache | None = None
+) -> torch.Tensor:
+    """Greedy decoding with a KV cache: the same tokens as ``generate_text_simple``, faster.
+
+    Each step feeds only the newest token. Once the sequence is longer than ``context_size``,
+    the uncached loop crops its window, which shifts every position; to match it exactly the
+    cache is then cleared and the cropped window is recomputed (prefilled) at each step.
+    A ``cache`` built for this model and batch size may be passed in to be reused (it is reset).
+    """
+    if idx.dim() != 2 or idx.shape[1] == 0:
+        raise ValueError(
+            f"idx must have shape (batch, tokens) with at least one token, got {tuple(idx.shape)}"
+        )
+    b, num_prompt = idx.shape
+    window = min(context_size, model.cfg["context_length"])
+    if cache is None:
+        cache = KVCache(model, b, max_len=window)
+    elif cache.batch_size != b or cache.max_len < window:
+        raise ValueError(f"the cache is for batch size {cache.batch_size} and {cache.max_len} tokens, "
+                         f"but this call needs batch size {b} and {window} tokens")
+    cache.reset()
+    with torch.inference_mode():
+        out = torch.empty(b, num_prompt + max_new_tokens, dtype=idx.dtype, device=idx.device)
+        out[:, :num_prompt] = idx
+        end = num_prompt
+        if max_new_tokens > 0:
+            logits = forward_with_cache(model, idx[:, -context_size:], cache, last_only=True)
+        for step in range(max_new_tokens):
+            out[:, end : end + 1] = logits[:, -1].argmax(dim=-1, keepdim=True)  # (b, 1)
+            end += 1
+            if step == max_new_tokens - 1:
+                break  # the last token needs no logits after it
+            if cache.length < window:
+                logits = forward_with_cache(model, out[:, end - 1 : end], cache, last_only=True)
+            else:  # window full: positions shift, so recompute the cropped window from scratch
+                cache.reset()
+                logits = forward_with_cache(model, out[:, end - context_size : end], cache, last_only=True)
+    return out.clone()  # an ordinary tensor, usable outside inference mode

@@ -70,9 +70,19 @@ def _split_imports(source: str, where: str) -> tuple[list[str], str]:
     return imports, body
 
 
-def _sort_imports(imports: list[str]) -> list[str]:
+def _import_block(imports: list[str]) -> str:
+    """Imports deduplicated and sorted as ruff's isort does: standard library, then the rest."""
     unique = list(dict.fromkeys(imports))
-    return sorted(unique, key=lambda s: (s.startswith("from"), s.lower()))
+
+    def module(line: str) -> str:
+        return line.split()[1].split(".")[0]
+
+    def order(line: str) -> tuple:
+        return (line.startswith("from"), line.split()[1].lower(), line.lower())
+
+    stdlib = sorted((i for i in unique if module(i) in sys.stdlib_module_names), key=order)
+    others = sorted((i for i in unique if module(i) not in sys.stdlib_module_names), key=order)
+    return "\n\n".join("\n".join(group) for group in (stdlib, others) if group)
 
 
 def build_source(chapters: list[Path], header: str) -> str:
@@ -89,8 +99,12 @@ def build_source(chapters: list[Path], header: str) -> str:
                     bodies.append(body)
         banner = f"# {'=' * 76}\n# {chapter.name}\n# {'=' * 76}"
         parts.append(banner + "\n\n" + ("\n\n\n".join(bodies) if bodies else "# (no export cells)"))
-    head = header + ("\n".join(_sort_imports(imports)) + "\n\n\n" if imports else "\n")
-    return head + "\n\n\n".join(parts) + "\n"
+    body = "\n\n\n".join(parts) + "\n"
+    if not imports:
+        return header + "\n" + body
+    first = next(iter(ast.parse(body).body), None)  # ruff wants 2 blank lines before a def/class
+    gap = "\n\n\n" if isinstance(first, (ast.FunctionDef, ast.ClassDef)) else "\n\n"
+    return header + _import_block(imports) + gap + body
 
 
 def previous_chapters_source(chapter: Path) -> str:

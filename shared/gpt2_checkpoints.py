@@ -46,6 +46,11 @@ def _conv1d_bias(*linears: torch.nn.Linear) -> np.ndarray:
 
 def gpt2_tensors(model: Any) -> dict[str, np.ndarray]:
     """The model's weights under GPT-2's own names (dots, as in Hugging Face) and layouts."""
+    if not torch.equal(model.out_head.weight, model.tok_emb.weight):
+        raise ValueError(
+            "GPT-2's files store no output head: it reuses the token embeddings (weight tying). "
+            "Tie them first: model.out_head.weight = model.tok_emb.weight"
+        )
     out = {"wte": _np(model.tok_emb.weight), "wpe": _np(model.pos_emb.weight)}
     for i, block in enumerate(model.trf_blocks):
         att, ff = block.att, block.ff

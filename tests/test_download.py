@@ -22,9 +22,10 @@ GOOD_SHA = hashlib.sha256(GOOD).hexdigest()
 class _Server:
     """A loopback HTTP server with Range support; can cut the first response short."""
 
-    def __init__(self, payload: bytes, cut_first_at: int | None = None):
+    def __init__(self, payload: bytes, cut_first_at: int | None = None, honour_range: bool = True):
         self.payload = payload
         self.cut_first_at = cut_first_at
+        self.honour_range = honour_range
         self.requests: list[str | None] = []  # the Range header of each request
         outer = self
 
@@ -32,6 +33,7 @@ class _Server:
             def do_GET(self):  # noqa: N802 (http.server's naming)
                 rng = self.headers.get("Range")
                 outer.requests.append(rng)
+                rng = rng if outer.honour_range else None
                 start = int(rng.split("=")[1].rstrip("-")) if rng else 0
                 body = outer.payload[start:]
                 self.send_response(206 if rng else 200)
@@ -154,6 +156,17 @@ def test_interrupted_download_resumes(sandbox, tmp_path):
         server.close()
     assert path.read_bytes() == GOOD
     assert server.requests == [None, f"bytes={half}-"]
+
+
+def test_resume_restarts_when_the_server_ignores_ranges(sandbox, tmp_path):
+    server = _Server(GOOD, cut_first_at=len(GOOD) // 3, honour_range=False)
+    try:
+        sandbox([server.url])
+        with pytest.raises(DownloadError):
+            fetch("test/file.txt", quiet=True)
+        assert fetch("test/file.txt", quiet=True).read_bytes() == GOOD  # not the part twice
+    finally:
+        server.close()
 
 
 def test_no_network_and_no_mirror_gives_an_actionable_error(sandbox):

@@ -1,0 +1,111 @@
+"""Generate text with a GPT model: a checkpoint from train.py, or OpenAI's GPT-2 weights (chapter 5).
+
+The course code comes from the notebooks themselves: ``load_exports("ch05")`` executes the
+``#| export`` cells of chapters 1-5 (the single source of truth), so this script samples with
+the very ``GPTModel`` and ``generate`` that chapter 5 builds, and loads GPT-2 weights with the
+loaders of section 5.5. For that, the repository root is put on ``sys.path`` first.
+
+Examples (from the repository root):
+
+    python ch05_pretraining/generate.py --checkpoint checkpoints/ch05/last.pth --prompt "Every effort"
+    python ch05_pretraining/generate.py --gpt2 124M --temperature 1.0 --top-k 40 --seed 1
+    python ch05_pretraining/generate.py --gpt2 124M --source hf   # the safetensors copy
+
+``--temperature 0`` (the default) is greedy decoding; generation stops early at
+``<|endoftext|>``. ``--gpt2`` downloads OpenAI's checkpoint (TensorFlow format, needs the
+``tensorflow`` package) or, with ``--source hf``, the Hugging Face safetensors file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from shared.export import load_exports  # noqa: E402
+
+END_OF_TEXT_ID = 50256
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a last.pth written by train.py")
+    src.add_argument("--gpt2", metavar="SIZE", help="OpenAI's GPT-2 weights: 124M, 355M, 774M or 1558M")
+    p.add_argument(
+        "--source", choices=("openai", "hf"), default="openai", help="where --gpt2 weights come from"
+    )
+    p.add_argument("--prompt", default="Every effort moves you")
+    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    return p.parse_args(argv)
+
+
+def model_from_checkpoint(course, path: str) -> torch.nn.Module:
+    """A GPTModel rebuilt from the configuration stored in a train.py checkpoint."""
+    if not Path(path).is_file():
+        raise SystemExit(f"no checkpoint at {path}")
+    extras = torch.load(path, map_location="cpu", weights_only=True)["extra"]
+    if "cfg" not in extras:
+        raise SystemExit(f"{path} has no model configuration: was it written by train.py?")
+    model = course.GPTModel(extras["cfg"])
+    course.load_checkpoint(path, model)
+    return model
+
+
+def model_from_gpt2(course, size: str, source: str) -> torch.nn.Module:
+    """GPT-2 with OpenAI's weights, through the loaders of section 5.5."""
+    from shared.data import fetch_gpt2_checkpoint, fetch_gpt2_safetensors
+
+    needed = ("gpt2_config_from_hparams", "load_weights_into_gpt", "load_gpt2_params_from_tf_ckpt")
+    if source == "hf":
+        needed = ("load_hf_gpt2_state", "load_hf_weights_into_gpt")
+    missing = [name for name in needed if not hasattr(course, name)]
+    if missing:
+        raise SystemExit(f"the course has no {', '.join(missing)} (section 5.5); use --checkpoint")
+    if source == "hf":
+        model = course.GPTModel(course.gpt2_config(size, qkv_bias=True, context_length=1024, drop_rate=0.0))
+        course.load_hf_weights_into_gpt(model, course.load_hf_gpt2_state(fetch_gpt2_safetensors(size)))
+    else:
+        settings, params = course.load_gpt2_params_from_tf_ckpt(fetch_gpt2_checkpoint(size))
+        model = course.GPTModel(course.gpt2_config_from_hparams(settings, drop_rate=0.0))
+        course.load_weights_into_gpt(model, params)
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load a model, generate from the prompt, print the text; return the exit code."""
+    args = parse_args(argv)
+    course = load_exports("ch05")
+    from shared.runtime import get_device, set_seed
+    from shared.tokenizer import get_gpt2_tokenizer
+
+    device = get_device(args.device)
+    if args.checkpoint:
+        model = model_from_checkpoint(course, args.checkpoint)
+    else:
+        model = model_from_gpt2(course, args.gpt2, args.source)
+    model.to(device).eval()
+    tokenizer = get_gpt2_tokenizer()
+
+    set_seed(args.seed)
+    idx = course.text_to_token_ids(args.prompt, tokenizer).to(device)
+    out = course.generate(
+        model, idx, max_new_tokens=args.max_new_tokens, context_size=model.cfg["context_length"],
+        temperature=args.temperature, top_k=args.top_k, eos_id=END_OF_TEXT_ID,
+    )
+    print(course.token_ids_to_text(out.cpu(), tokenizer))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Chapter 5.5: loading GPT-2's published weights into the course's GPTModel.
+
+OpenAI's real files cannot be downloaded here, so ``shared.gpt2_checkpoints`` writes a
+random course model in exactly their formats (OpenAI's TensorFlow checkpoint, Hugging
+Face's safetensors); the chapter's loaders must read it back into a fresh model that
+computes bit-identical logits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+import torch
+
+from shared.gpt2_checkpoints import write_hf_safetensors, write_openai_tf_checkpoint
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+TINY = {"vocab_size": 97, "context_length": 24, "emb_dim": 32, "n_heads": 4, "n_layers": 3,
+        "qkv_bias": True, "drop_rate": 0.0}  # fmt: skip
+OPENAI_FILES = {"checkpoint", "hparams.json", "model.ckpt.data-00000-of-00001", "model.ckpt.index",
+                "model.ckpt.meta"}  # fmt: skip
+
+
+def random_gpt(course, seed: int, **cfg):
+    """A course GPTModel in eval mode with every parameter random (no ones/zeros left to hide a swap)."""
+    torch.manual_seed(seed)
+    model = course.GPTModel(course.gpt2_config("124M", **cfg)).eval()
+    model.out_head.weight = model.tok_emb.weight  # tied, as in GPT-2 (its files store no head)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def logits(model, seed: int = 1) -> torch.Tensor:
+    """The model's logits for a fixed random batch of two full-length inputs."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.cfg["vocab_size"], (2, model.cfg["context_length"]), generator=g)
+    with torch.no_grad():
+        return model(ids)
+
+
+@pytest.fixture(scope="module")
+def tiny(course):
+    return random_gpt(course, 0, **TINY)
+
+
+def openai_names_and_shapes(n_layers: int, vocab: int, ctx: int, emb: int) -> dict[str, list[int]]:
+    """OpenAI's GPT-2 variable names and shapes, written out independently of the writer."""
+    names = {"model/wte": [vocab, emb], "model/wpe": [ctx, emb], "model/ln_f/g": [emb], "model/ln_f/b": [emb]}
+    for i in range(n_layers):
+        h = f"model/h{i}"
+        names.update({
+            f"{h}/ln_1/g": [emb], f"{h}/ln_1/b": [emb], f"{h}/ln_2/g": [emb], f"{h}/ln_2/b": [emb],
+            f"{h}/attn/c_attn/w": [1, emb, 3 * emb], f"{h}/attn/c_attn/b": [3 * emb],
+            f"{h}/attn/c_proj/w": [1, emb, emb], f"{h}/attn/c_proj/b": [emb],
+            f"{h}/mlp/c_fc/w": [1, emb, 4 * emb], f"{h}/mlp/c_fc/b": [4 * emb],
+            f"{h}/mlp/c_proj/w": [1, 4 * emb, emb], f"{h}/mlp/c_proj/b": [emb],
+        })  # fmt: skip
+    return names
+
+
+# ------------------------------------------------------------------ OpenAI's TensorFlow checkpoint
+def test_tf_writer_matches_openais_layout(tiny, tmp_path):
+    import tensorflow as tf
+
+    folder = write_openai_tf_checkpoint(tiny, tmp_path / "ckpt")
+    assert {p.name for p in folder.iterdir()} == OPENAI_FILES
+    hparams = json.loads((folder / "hparams.json").read_text())
+    assert hparams == {"n_vocab": 97, "n_ctx": 24, "n_embd": 32, "n_head": 4, "n_layer": 3}
+    assert tf.train.latest_checkpoint(str(folder)) == str(folder / "model.ckpt")  # relative, movable
+    found = dict(tf.train.list_variables(str(folder / "model.ckpt")))
+    assert found == openai_names_and_shapes(3, 97, 24, 32)
+    assert tf.train.load_variable(str(folder / "model.ckpt"), "model/wte").dtype.name == "float32"
+
+
+def test_tf_round_trip_gives_identical_logits(course, tiny, tmp_path):
+    folder = write_openai_tf_checkpoint(tiny, tmp_path / "ckpt")
+    settings, params = course.load_gpt2_params_from_tf_ckpt(folder)
+    assert settings == {"n_vocab": 97, "n_ctx": 24, "n_embd": 32, "n_head": 4, "n_layer": 3}
+    assert len(params["blocks"]) == 3
+    assert params["blocks"][0]["attn"]["c_attn"]["w"].shape == (32, 96)  # leading axis of 1 dropped
+    cfg = course.gpt2_config_from_hparams(settings, drop_rate=0.0)
+    assert cfg == course.gpt2_config("124M", **TINY)
+    fresh = random_gpt(course, 99, **TINY)
+    assert not torch.equal(logits(fresh), logits(tiny))
+    course.load_weights_into_gpt(fresh, params)
+    assert torch.equal(logits(fresh), logits(tiny))
+    assert torch.equal(fresh.out_head.weight, fresh.tok_emb.weight)  # weight tying: out_head = wte
+
+
+def test_tf_round_trip_at_124m(course, tmp_path):
+    start = time.perf_counter()
+    model = random_gpt(course, 0, qkv_bias=True, drop_rate=0.0)
+    folder = write_openai_tf_checkpoint(model, tmp_path / "124M")
+    settings, params = course.load_gpt2_params_from_tf_ckpt(folder)
+    assert settings == {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12}
+    del folder
+    fresh = course.GPTModel(course.gpt2_config_from_hparams(settings, drop_rate=0.0)).eval()
+    course.load_weights_into_gpt(fresh, params)
+    ids = torch.randint(0, 50257, (1, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(fresh(ids), model(ids))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+    print(f"124M TensorFlow round trip: {time.perf_counter() - start:.1f} s")
+
+
+# ------------------------------------------------------------------ Hugging Face safetensors
+@pytest.mark.parametrize("with_prefix, with_buffers", [(False, False), (True, True)])
+def test_safetensors_round_trip_gives_identical_logits(course, tiny, tmp_path, with_prefix, with_buffers):
+    path = write_hf_safetensors(tiny, tmp_path / "model.safetensors", with_prefix, with_buffers)
+    state = course.load_hf_gpt2_state(path)
+    prefix = "transformer." if with_prefix else ""
+    assert state[f"{prefix}h.0.attn.c_attn.weight"].shape == (32, 96)  # Conv1D: (in, out)
+    assert state[f"{prefix}wte.weight"].dtype == torch.float32
+    fresh = random_gpt(course, 99, **TINY)
+    course.load_hf_weights_into_gpt(fresh, state)
+    assert torch.equal(logits(fresh), logits(tiny))
+
+
+def test_safetensors_round_trip_at_124m(course, tmp_path):
+    model = random_gpt(course, 0, qkv_bias=True, drop_rate=0.0)
+    path = write_hf_safetensors(model, tmp_path / "model.safetensors")
+    state = course.load_hf_gpt2_state(path)
+    assert len(state) == 2 + 12 * 12 + 2
+    fresh = course.GPTModel(course.gpt2_config("124M", qkv_bias=True, drop_rate=0.0)).eval()
+    course.load_hf_weights_into_gpt(fresh, state)
+    ids = torch.randint(0, 50257, (1, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(fresh(ids), model(ids))
+
+
+def test_writers_refuse_an_untied_head(course, tmp_path):
+    model = random_gpt(course, 0, **TINY)
+    model.out_head.weight = torch.nn.Parameter(model.tok_emb.weight.detach() + 1)
+    for write in (write_openai_tf_checkpoint, write_hf_safetensors):
+        with pytest.raises(ValueError, match="weight tying"):
+            write(model, tmp_path / "x")
+
+
+def test_lm_head_is_taken_when_present(course, tiny, tmp_path):
+    state = course.load_hf_gpt2_state(write_hf_safetensors(tiny, tmp_path / "m.safetensors"))
+    state["lm_head.weight"] = state["wte.weight"] * 2  # untied, so we can see which one is used
+    fresh = random_gpt(course, 99, **TINY)
+    course.load_hf_weights_into_gpt(fresh, state)
+    assert torch.equal(fresh.out_head.weight, state["lm_head.weight"])
+    assert torch.equal(fresh.tok_emb.weight, state["wte.weight"])
+
+
+# ------------------------------------------------------------------ bad input: clear errors
+def test_unknown_model_size_lists_the_valid_ones(course):
+    from shared.data import fetch_gpt2_checkpoint, fetch_gpt2_safetensors
+
+    for call in (course.gpt2_config, fetch_gpt2_checkpoint, fetch_gpt2_safetensors):
+        with pytest.raises(ValueError, match="125M") as err:
+            call("125M")
+        assert all(size in str(err.value) for size in ("124M", "355M", "774M", "1558M"))
+
+
+def test_shape_mismatch_names_the_tensor(course, tiny, tmp_path):
+    with pytest.raises(ValueError, match=r"h0/mlp/c_fc/w.*\(3, 4\).*\(4, 3\)"):
+        course.assign(torch.zeros(3, 4), torch.zeros(4, 3), "h0/mlp/c_fc/w")
+    _, params = course.load_gpt2_params_from_tf_ckpt(write_openai_tf_checkpoint(tiny, tmp_path / "c"))
+    shorter = random_gpt(course, 1, **{**TINY, "context_length": 16})  # wpe has 24 rows in the file
+    with pytest.raises(ValueError, match=r"wpe.*\(16, 32\).*\(24, 32\)"):
+        course.load_weights_into_gpt(shorter, params)
+    state = course.load_hf_gpt2_state(write_hf_safetensors(tiny, tmp_path / "m.safetensors"))
+    state["h.1.mlp.c_fc.weight"] = state["h.1.mlp.c_fc.weight"].T
+    with pytest.raises(ValueError, match=r"h1/mlp/c_fc/w"):
+        course.load_hf_weights_into_gpt(random_gpt(course, 1, **TINY), state)
+
+
+def test_wrong_architecture_is_refused(course, tiny, tmp_path):
+    _, params = course.load_gpt2_params_from_tf_ckpt(write_openai_tf_checkpoint(tiny, tmp_path / "c"))
+    with pytest.raises(ValueError, match="qkv_bias=True"):
+        course.load_weights_into_gpt(random_gpt(course, 1, **{**TINY, "qkv_bias": False}), params)
+    with pytest.raises(ValueError, match="3 blocks"):
+        course.load_weights_into_gpt(random_gpt(course, 1, **{**TINY, "n_layers": 2}), params)
+
+
+@pytest.mark.parametrize("missing", ["hparams.json", "model.ckpt.index", "model.ckpt.data-00000-of-00001"])
+def test_missing_checkpoint_file_is_named(course, tiny, tmp_path, missing):
+    folder = write_openai_tf_checkpoint(tiny, tmp_path / "c")
+    (folder / missing).unlink()
+    with pytest.raises(FileNotFoundError, match=missing.replace(".", r"\.")):
+        course.load_gpt2_params_from_tf_ckpt(folder)
+
+
+def test_missing_safetensors_file_is_named(course, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.safetensors"):
+        course.load_hf_gpt2_state(tmp_path / "nowhere.safetensors")
+
+
+def test_unknown_or_missing_hf_keys_are_named(course, tiny, tmp_path):
+    state = course.load_hf_gpt2_state(write_hf_safetensors(tiny, tmp_path / "m.safetensors"))
+    fresh = random_gpt(course, 1, **TINY)
+    with pytest.raises(KeyError, match=r"unknown \[h\.0\.attn\.c_attn\.scale\]"):
+        course.load_hf_weights_into_gpt(fresh, {**state, "h.0.attn.c_attn.scale": torch.ones(96)})
+    del state["ln_f.bias"]
+    with pytest.raises(KeyError, match=r"missing \[ln_f\.bias\]"):
+        course.load_hf_weights_into_gpt(fresh, state)

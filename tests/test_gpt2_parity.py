@@ -1,0 +1,104 @@
+"""Proof of correctness: the course's GPTModel is GPT-2.
+
+Hugging Face's ``GPT2LMHeadModel`` is an independent implementation of GPT-2. We build it
+with random weights (nothing is downloaded), copy its state dict into the course's model
+with ``load_hf_weights_into_gpt`` (the mapping chapter 5.5 teaches), and require the same
+logits (float32, max abs difference <= 1e-4) and the same 50 greedily generated tokens,
+for a tiny configuration and for the full 124M one (qkv_bias=True, tied embeddings).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may be downloaded
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+
+TINY = {"vocab_size": 211, "context_length": 64, "emb_dim": 48, "n_heads": 4, "n_layers": 3}
+NEW_TOKENS = 50
+
+
+def hf_config(cfg: dict) -> GPT2Config:
+    """Hugging Face's GPT2Config for a course config (dropout off, GPT-2's GELU and epsilon)."""
+    return GPT2Config(
+        vocab_size=cfg["vocab_size"],
+        n_positions=cfg["context_length"],
+        n_embd=cfg["emb_dim"],
+        n_layer=cfg["n_layers"],
+        n_head=cfg["n_heads"],
+        activation_function="gelu_new",  # the tanh approximation, as the course's GELU
+        layer_norm_epsilon=1e-5,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=None,  # never stop early: the course's greedy loop has no end token
+        pad_token_id=0,
+    )
+
+
+def build_pair(course, cfg: dict, seed: int = 0):
+    """A random HF GPT-2 and a course GPTModel loaded from its state dict, both in eval mode."""
+    torch.manual_seed(seed)
+    hf = GPT2LMHeadModel(hf_config(cfg)).eval()
+    with torch.no_grad():  # HF starts biases at 0 and norms at 1: randomize so no mix-up hides
+        for p in hf.parameters():  # tied lm_head/wte is one parameter, perturbed once
+            p.add_(0.02 * torch.randn_like(p))
+    assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()  # tied, as GPT-2
+    ours = course.GPTModel(cfg).eval()
+    state = hf.state_dict()
+    assert any(k.startswith("transformer.h.0.attn.c_attn") for k in state)  # Hugging Face's names
+    course.load_hf_weights_into_gpt(ours, state)
+    return hf, ours
+
+
+def check_parity(course, hf, ours, cfg: dict, seq_len: int) -> None:
+    """Same logits on a random batch, and the same 50 greedy tokens after a short prompt."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, cfg["vocab_size"], (2, seq_len), generator=g)
+    with torch.no_grad():
+        ref = hf(ids).logits
+        got = ours(ids)
+    assert got.dtype == ref.dtype == torch.float32
+    diff = (got - ref).abs().max().item()
+    assert diff <= 1e-4, f"logits differ by {diff}"
+
+    prompt = ids[:1, :6]
+    course_out = course.generate_text_simple(ours, prompt, NEW_TOKENS, cfg["context_length"])
+    with torch.no_grad():
+        hf_out = hf.generate(
+            prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=NEW_TOKENS
+        )
+    assert course_out.shape == hf_out.shape == (1, 6 + NEW_TOKENS)
+    assert torch.equal(course_out, hf_out)
+
+
+def test_tiny_gpt2_matches_hugging_face(course):
+    cfg = course.gpt2_config("124M", **TINY, qkv_bias=True, drop_rate=0.0)
+    hf, ours = build_pair(course, cfg)
+    check_parity(course, hf, ours, cfg, seq_len=cfg["context_length"])
+
+
+def test_gpt2_124m_matches_hugging_face(course):
+    cfg = course.gpt2_config("124M", qkv_bias=True, drop_rate=0.0)
+    assert (cfg["vocab_size"], cfg["context_length"], cfg["emb_dim"]) == (50257, 1024, 768)
+    hf, ours = build_pair(course, cfg)
+    check_parity(course, hf, ours, cfg, seq_len=64)
+
+
+def test_a_wrong_mapping_is_detected(course):
+    """The parity check has teeth: swapping query and key weights in one block breaks it."""
+    cfg = course.gpt2_config("124M", **TINY, qkv_bias=True, drop_rate=0.0)
+    hf, ours = build_pair(course, cfg)
+    att = ours.trf_blocks[1].att
+    with torch.no_grad():
+        w = att.W_query.weight.clone()
+        att.W_query.weight.copy_(att.W_key.weight)
+        att.W_key.weight.copy_(w)
+    with pytest.raises(AssertionError, match="logits differ"):
+        check_parity(course, hf, ours, cfg, seq_len=cfg["context_length"])
