@@ -90,10 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     from shared.tokenizer import get_gpt2_tokenizer
 
     device = get_device(args.device)
+    from shared.data import DownloadError
+
     if args.checkpoint:
         model = model_from_checkpoint(course, args.checkpoint)
     else:
-        model = model_from_gpt2(course, args.gpt2, args.source)
+        try:
+            model = model_from_gpt2(course, args.gpt2, args.source)
+        except (DownloadError, ValueError, ImportError) as err:  # offline, bad size, no TensorFlow
+            raise SystemExit(f"could not load GPT-2 {args.gpt2}: {err}") from None
     model.to(device).eval()
     tokenizer = get_gpt2_tokenizer()
 

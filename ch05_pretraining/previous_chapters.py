@@ -519,7 +519,7 @@ class KVCache:
                 att, ff = blk.att, blk.ff.layers
                 qkv = (att.W_query, att.W_key, att.W_value)
                 self.layers.append({
-                    "qkv": torch.cat([lin.weight for lin in qkv]).t().contiguous(),  # (d_in, 3*d_out)
+                    "qkv": torch.cat([lin.weight.t() for lin in qkv], dim=1),  # (d_in, 3*d_out)
                     "qkv_bias": None if att.W_query.bias is None else torch.cat([lin.bias for lin in qkv]),
                     "out": att.out_proj.weight.t().contiguous(),  # (d_out, d_out)
                     "ff1": ff[0].weight.t().contiguous(),  # (emb_dim, 4*emb_dim)

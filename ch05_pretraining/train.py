@@ -87,7 +87,10 @@ def model_config(course, args: argparse.Namespace) -> dict:
     if args.model == "tiny":
         cfg = {**course.GPT_CONFIG_124M, **TINY}
     else:
-        cfg = course.gpt2_config(args.model, context_length=256)
+        try:
+            cfg = course.gpt2_config(args.model, context_length=256)
+        except ValueError as err:
+            raise SystemExit(f"--model: {err}; or use 'tiny'") from None
     if args.context_length is not None:
         cfg["context_length"] = args.context_length
     cfg["drop_rate"] = args.drop_rate

@@ -1,0 +1,123 @@
+"""Chapter 4, section 4.8: generation with a KV cache gives exactly the uncached tokens and logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+CTX = 16
+TINY = dict(vocab_size=97, context_length=CTX, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.1)
+
+
+def make_model(course, qkv_bias: bool, seed: int = 0):
+    torch.manual_seed(seed)
+    model = course.GPTModel({**TINY, "qkv_bias": qkv_bias}).eval()
+    with torch.no_grad():  # non-trivial norms and biases, so that every weight matters
+        for name, p in model.named_parameters():
+            if name.endswith(("scale", "shift", "bias")):
+                p.add_(torch.randn_like(p) * 0.3)
+    return model
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and far faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+@pytest.mark.parametrize("qkv_bias", [False, True])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("prompt_len", [1, 3, CTX - 1, CTX, CTX + 5])
+def test_same_tokens_as_uncached(course, qkv_bias, batch, prompt_len):
+    model = make_model(course, qkv_bias)
+    torch.manual_seed(100 + prompt_len)
+    idx = torch.randint(0, TINY["vocab_size"], (batch, prompt_len))
+    new = CTX + 4  # always runs past the context length
+    expected = course.generate_text_simple(model, idx, max_new_tokens=new, context_size=CTX)
+    got = course.generate_text_cached(model, idx, max_new_tokens=new, context_size=CTX)
+    assert got.shape == (batch, prompt_len + new)
+    assert torch.equal(got, expected)
+
+
+def test_same_tokens_with_a_smaller_window(course):
+    model = make_model(course, qkv_bias=True, seed=3)
+    idx = torch.randint(0, TINY["vocab_size"], (2, 4))
+    expected = course.generate_text_simple(model, idx, max_new_tokens=15, context_size=6)
+    assert torch.equal(course.generate_text_cached(model, idx, 15, 6), expected)
+
+
+def test_zero_new_tokens_and_empty_prompt(course):
+    model = make_model(course, qkv_bias=False)
+    idx = torch.randint(0, TINY["vocab_size"], (1, 5))
+    assert torch.equal(course.generate_text_cached(model, idx, 0, CTX), idx)
+    with pytest.raises(ValueError):
+        course.generate_text_cached(model, torch.zeros(1, 0, dtype=torch.long), 3, CTX)
+
+
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_step_logits_match_uncached_last_position(course, qkv_bias):
+    """Replays generate_text_cached's schedule and compares every step's logits with a full pass."""
+    model = make_model(course, qkv_bias, seed=1)
+    torch.manual_seed(7)
+    seq = torch.randint(0, TINY["vocab_size"], (2, CTX + 8))
+    prompt_len = 5
+    cache = course.KVCache(model, batch_size=2, max_len=CTX)
+    logits = course.forward_with_cache(model, seq[:, :prompt_len], cache)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(seq[:, :prompt_len]), atol=1e-5, rtol=0)
+    for end in range(prompt_len + 1, seq.shape[1] + 1):
+        if cache.length < CTX:
+            step = course.forward_with_cache(model, seq[:, end - 1 : end], cache)
+        else:  # past the context: prefill the cropped window, as generate_text_cached does
+            cache.reset()
+            step = course.forward_with_cache(model, seq[:, end - CTX : end], cache, last_only=True)
+        with torch.no_grad():
+            want = model(seq[:, max(0, end - CTX) : end])[:, -1]
+        assert step.shape == (2, 1, TINY["vocab_size"])
+        torch.testing.assert_close(step[:, -1], want, atol=1e-5, rtol=0)
+
+
+def test_cache_is_reusable_and_checked(course):
+    model = make_model(course, qkv_bias=True)
+    idx = torch.randint(0, TINY["vocab_size"], (2, 3))
+    cache = course.KVCache(model, batch_size=2)
+    first = course.generate_text_cached(model, idx, 20, CTX, cache=cache)
+    second = course.generate_text_cached(model, idx, 20, CTX, cache=cache)
+    assert torch.equal(first, second)
+    assert torch.equal(first, course.generate_text_simple(model, idx, 20, CTX))
+    with pytest.raises(ValueError):
+        course.generate_text_cached(model, idx[:1], 5, CTX, cache=cache)  # wrong batch size
+
+
+def test_forward_with_cache_guards(course):
+    model = make_model(course, qkv_bias=False)
+    cache = course.KVCache(model, batch_size=1, max_len=8)
+    course.forward_with_cache(model, torch.zeros(1, 8, dtype=torch.long), cache)
+    assert cache.length == 8
+    with pytest.raises(ValueError):
+        course.forward_with_cache(model, torch.zeros(1, 1, dtype=torch.long), cache)  # cache full
+    with pytest.raises(ValueError):
+        course.KVCache(model, batch_size=1, max_len=CTX + 1)  # longer than the context
+    model.train()
+    with pytest.raises(RuntimeError, match="eval"):
+        course.forward_with_cache(model, torch.zeros(1, 1, dtype=torch.long), course.KVCache(model, 1))
+
+
+def test_result_is_an_ordinary_tensor(course):
+    model = make_model(course, qkv_bias=False)
+    out = course.generate_text_cached(model, torch.zeros(1, 2, dtype=torch.long), 3, CTX)
+    assert not out.is_inference()
+    out += 0  # in-place use outside inference mode works
+
+
+def test_prefill_in_chunks(course):
+    """Several new tokens after cached ones: positions and the causal mask are offset correctly."""
+    model = make_model(course, qkv_bias=True, seed=2)
+    seq = torch.randint(0, TINY["vocab_size"], (2, 12))
+    cache = course.KVCache(model, batch_size=2)
+    chunks = [course.forward_with_cache(model, seq[:, a:b], cache) for a, b in ((0, 3), (3, 7), (7, 12))]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.cat(chunks, dim=1), model(seq), atol=1e-5, rtol=0)
