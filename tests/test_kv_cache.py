@@ -20,13 +20,7 @@ def make_model(course, qkv_bias: bool, seed: int = 0):
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.mark.parametrize("qkv_bias", [False, True])
 @pytest.mark.parametrize("batch", [1, 2])
