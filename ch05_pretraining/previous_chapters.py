@@ -488,13 +488,18 @@ def generate_text_simple(
     return idx
 
 
+def _affine(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight_t + bias`` for x of shape (rows, in) and weight_t of shape (in, out)."""
+    return x @ weight_t if bias is None else torch.addmm(bias, x, weight_t)
+
+
 class KVCache:
     """Keys and values of the tokens seen so far, per layer, in buffers preallocated to ``max_len``.
 
-    It also keeps the output head's weight transposed to (emb_dim, vocab_size):
-    on CPU a vector-times-matrix product reads that layout about twice as fast as ``nn.Linear``'s
-    (vocab_size, emb_dim). That copy is why a cache belongs to one model: build a new cache after
-    the model's weights change.
+    It also holds the model's linear-layer weights once more, transposed to (in, out) and with
+    the query, key and value matrices side by side: on CPU a vector-matrix product reads that
+    layout faster. The price is a second copy of those weights, so a cache belongs to one model:
+    build a new one after the model's weights change.
     """
 
     def __init__(self, model: nn.Module, batch_size: int, max_len: int | None = None):
@@ -509,6 +514,17 @@ class KVCache:
         with torch.inference_mode():  # everything here is written only under inference mode
             self.keys = torch.empty(shape, dtype=weight.dtype, device=weight.device)
             self.values = torch.empty(shape, dtype=weight.dtype, device=weight.device)
+            self.layers = []  # per block: (in, out) weights and biases of its linear layers
+            for blk in model.trf_blocks:
+                att, ff = blk.att, blk.ff.layers
+                qkv = (att.W_query, att.W_key, att.W_value)
+                self.layers.append({
+                    "qkv": torch.cat([lin.weight.t() for lin in qkv], dim=1),  # (d_in, 3*d_out)
+                    "qkv_bias": None if att.W_query.bias is None else torch.cat([lin.bias for lin in qkv]),
+                    "out": att.out_proj.weight.t().contiguous(),  # (d_out, d_out)
+                    "ff1": ff[0].weight.t().contiguous(),  # (emb_dim, 4*emb_dim)
+                    "ff2": ff[2].weight.t().contiguous(),  # (4*emb_dim, emb_dim)
+                })
             self.head = model.out_head.weight.t().contiguous()  # (emb_dim, vocab_size)
         self.length = 0  # how many positions hold valid keys and values
 
@@ -523,9 +539,9 @@ def forward_with_cache(
 ) -> torch.Tensor:
     """Logits for new tokens ``idx`` (b, T) that continue the cached ones; updates ``cache``.
 
-    Uses the model's own modules and the same math as ``MultiHeadAttention`` (scores /
-    sqrt(head_dim), softmax, times the values); dropout is skipped, so the model must be in eval
-    mode. With ``last_only`` only the last position's logits are computed: (b, 1, vocab_size).
+    Uses the model's own modules and weights and the same math as ``MultiHeadAttention``
+    (scores / sqrt(head_dim), softmax, times the values); dropout is skipped, so the model must
+    be in eval mode. With ``last_only`` only the last position's logits are computed: (b, 1, vocab).
     """
     if model.training:
         raise RuntimeError("forward_with_cache is for inference: call model.eval() first")
@@ -536,26 +552,34 @@ def forward_with_cache(
             f"{start} cached + {num_new} new tokens exceed the cache length {cache.max_len}; "
             "reset the cache and prefill a cropped window"
         )
+    emb_dim = model.cfg["emb_dim"]
     x = model.tok_emb(idx) + model.pos_emb.weight[start:end]  # (b, T, emb_dim)
-    for layer, block in enumerate(model.trf_blocks):
+    x = x.view(b * num_new, emb_dim)  # (b*T, emb_dim): rows for the matrix products
+    for layer, (block, w) in enumerate(zip(model.trf_blocks, cache.layers)):
         att = block.att
-        h = block.norm1(x)
-        q = att.split_heads(att.W_query(h))  # (b, n_heads, T, head_dim)
-        cache.keys[layer, :, :, start:end] = att.split_heads(att.W_key(h))  # written in place
-        cache.values[layer, :, :, start:end] = att.split_heads(att.W_value(h))
+        # queries, keys and values in one product: (b*T, 3*d_out) -> (b, T, 3, n_heads, head_dim)
+        qkv = _affine(block.norm1(x), w["qkv"], w["qkv_bias"])
+        qkv = qkv.view(b, num_new, 3, att.num_heads, att.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (b, n_heads, T, head_dim)
+        cache.keys[layer, :, :, start:end] = k  # written in place into the preallocated buffer
+        cache.values[layer, :, :, start:end] = v
         keys = cache.keys[layer, :, :, :end]  # (b, n_heads, end, head_dim)
         values = cache.values[layer, :, :, :end]  # (b, n_heads, end, head_dim)
         scores = q @ keys.transpose(2, 3)  # (b, n_heads, T, end)
         if num_new > 1:  # a single new token may see every cached one: nothing to mask
             scores = scores.masked_fill(att.mask[start:end, :end], float("-inf"))
         weights = torch.softmax(scores / att.head_dim**0.5, dim=-1)
-        context = (weights @ values).transpose(1, 2).reshape(b, num_new, att.d_out)  # (b, T, d_out)
-        x = x + att.out_proj(context)
-        x = x + block.ff(block.norm2(x))
+        context = (weights @ values).transpose(1, 2).reshape(b * num_new, att.d_out)  # (b*T, d_out)
+        x = x + _affine(context, w["out"], att.out_proj.bias)
+        h = block.ff.layers[1](_affine(block.norm2(x), w["ff1"], block.ff.layers[0].bias))  # GELU
+        x = x + _affine(h, w["ff2"], block.ff.layers[2].bias)
     cache.length = end
+    x = x.view(b, num_new, emb_dim)  # (b, T, emb_dim)
     if last_only:
         x = x[:, -1:]  # (b, 1, emb_dim)
-    return model.final_norm(x) @ cache.head  # (b, T or 1, vocab_size); out_head has no bias
+    x = model.final_norm(x)
+    logits = _affine(x.reshape(-1, emb_dim), cache.head, model.out_head.bias)
+    return logits.view(b, x.shape[1], -1)  # (b, T or 1, vocab_size)
 
 
 def generate_text_cached(
