@@ -488,18 +488,38 @@ def generate_text_simple(
     return idx
 
 
-def _affine(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x @ weight_t + bias`` for x of shape (rows, in) and weight_t of shape (in, out)."""
-    return x @ weight_t if bias is None else torch.addmm(bias, x, weight_t)
+MATVEC_MAX_ROWS = 8  # _linear uses torch.bmm for at most this many rows (0: always call the layer)
+
+
+@functools.cache
+def _num_groups(n: int) -> int:
+    """The smallest divisor of ``n`` from 2 to 64, or 1 if there is none."""
+    return next((k for k in range(2, 65) if n % k == 0), 1)
+
+
+def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """``layer(x)`` for x of shape (rows, in); with few rows, computed as a batched product.
+
+    The weight (out, in) is viewed, not copied, as ``groups`` blocks of rows and multiplied with
+    ``torch.bmm``: the same dot products as ``layer(x)``, but on CPU this product of a few rows
+    with a large matrix runs faster than the one ``nn.Linear`` calls (see section 4.8.1).
+    """
+    rows = x.shape[0]
+    out_features, in_features = layer.weight.shape
+    groups = _num_groups(out_features)
+    if rows > MATVEC_MAX_ROWS or groups == 1:
+        return layer(x)
+    weight = layer.weight.reshape(groups, out_features // groups, in_features)  # (groups, out/groups, in)
+    y = torch.bmm(weight, x.T.expand(groups, in_features, rows))  # (groups, out/groups, rows)
+    y = y.view(out_features, rows).T  # (rows, out)
+    return y if layer.bias is None else y + layer.bias
 
 
 class KVCache:
     """Keys and values of the tokens seen so far, per layer, in buffers preallocated to ``max_len``.
 
-    It also holds the model's linear-layer weights once more, transposed to (in, out) and with
-    the query, key and value matrices side by side: on CPU a vector-matrix product reads that
-    layout faster. The price is a second copy of those weights, so a cache belongs to one model:
-    build a new one after the model's weights change.
+    It holds no weights, only the keys and values, so it can be reused for any model with the
+    same configuration (``generate_text_cached`` resets it first).
     """
 
     def __init__(self, model: nn.Module, batch_size: int, max_len: int | None = None):
@@ -511,21 +531,9 @@ class KVCache:
         head_dim = cfg["emb_dim"] // cfg["n_heads"]
         weight = model.tok_emb.weight
         shape = (cfg["n_layers"], batch_size, cfg["n_heads"], self.max_len, head_dim)
-        with torch.inference_mode():  # everything here is written only under inference mode
+        with torch.inference_mode():  # the buffers are written only under inference mode
             self.keys = torch.empty(shape, dtype=weight.dtype, device=weight.device)
             self.values = torch.empty(shape, dtype=weight.dtype, device=weight.device)
-            self.layers = []  # per block: (in, out) weights and biases of its linear layers
-            for blk in model.trf_blocks:
-                att, ff = blk.att, blk.ff.layers
-                qkv = (att.W_query, att.W_key, att.W_value)
-                self.layers.append({
-                    "qkv": torch.cat([lin.weight.t() for lin in qkv], dim=1),  # (d_in, 3*d_out)
-                    "qkv_bias": None if att.W_query.bias is None else torch.cat([lin.bias for lin in qkv]),
-                    "out": att.out_proj.weight.t().contiguous(),  # (d_out, d_out)
-                    "ff1": ff[0].weight.t().contiguous(),  # (emb_dim, 4*emb_dim)
-                    "ff2": ff[2].weight.t().contiguous(),  # (4*emb_dim, emb_dim)
-                })
-            self.head = model.out_head.weight.t().contiguous()  # (emb_dim, vocab_size)
         self.length = 0  # how many positions hold valid keys and values
 
     def reset(self) -> None:
@@ -554,13 +562,15 @@ def forward_with_cache(
         )
     emb_dim = model.cfg["emb_dim"]
     x = model.tok_emb(idx) + model.pos_emb.weight[start:end]  # (b, T, emb_dim)
-    x = x.view(b * num_new, emb_dim)  # (b*T, emb_dim): rows for the matrix products
-    for layer, (block, w) in enumerate(zip(model.trf_blocks, cache.layers)):
+    x = x.view(b * num_new, emb_dim)  # (b*T, emb_dim): one row per token for the linear layers
+    for layer, block in enumerate(model.trf_blocks):
         att = block.att
-        # queries, keys and values in one product: (b*T, 3*d_out) -> (b, T, 3, n_heads, head_dim)
-        qkv = _affine(block.norm1(x), w["qkv"], w["qkv_bias"])
-        qkv = qkv.view(b, num_new, 3, att.num_heads, att.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (b, n_heads, T, head_dim)
+        h = block.norm1(x)  # (b*T, emb_dim)
+        # (b*T, d_out) -> (b, T, n_heads, head_dim) -> (b, n_heads, T, head_dim)
+        q, k, v = (
+            _linear(h, lin).view(b, num_new, att.num_heads, att.head_dim).transpose(1, 2)
+            for lin in (att.W_query, att.W_key, att.W_value)
+        )
         cache.keys[layer, :, :, start:end] = k  # written in place into the preallocated buffer
         cache.values[layer, :, :, start:end] = v
         keys = cache.keys[layer, :, :, :end]  # (b, n_heads, end, head_dim)
@@ -570,15 +580,15 @@ def forward_with_cache(
             scores = scores.masked_fill(att.mask[start:end, :end], float("-inf"))
         weights = torch.softmax(scores / att.head_dim**0.5, dim=-1)
         context = (weights @ values).transpose(1, 2).reshape(b * num_new, att.d_out)  # (b*T, d_out)
-        x = x + _affine(context, w["out"], att.out_proj.bias)
-        h = block.ff.layers[1](_affine(block.norm2(x), w["ff1"], block.ff.layers[0].bias))  # GELU
-        x = x + _affine(h, w["ff2"], block.ff.layers[2].bias)
+        x = x + _linear(context, att.out_proj)
+        fc1, gelu, fc2 = block.ff.layers
+        x = x + _linear(gelu(_linear(block.norm2(x), fc1)), fc2)
     cache.length = end
     x = x.view(b, num_new, emb_dim)  # (b, T, emb_dim)
     if last_only:
         x = x[:, -1:]  # (b, 1, emb_dim)
     x = model.final_norm(x)
-    logits = _affine(x.reshape(-1, emb_dim), cache.head, model.out_head.bias)
+    logits = _linear(x.reshape(-1, emb_dim), model.out_head)  # (b*T or b, vocab_size)
     return logits.view(b, x.shape[1], -1)  # (b, T or 1, vocab_size)
 
 

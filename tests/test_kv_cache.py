@@ -115,3 +115,43 @@ def test_prefill_in_chunks(course):
     chunks = [course.forward_with_cache(model, seq[:, a:b], cache) for a, b in ((0, 3), (3, 7), (7, 12))]
     with torch.no_grad():
         torch.testing.assert_close(torch.cat(chunks, dim=1), model(seq), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("out_features", [48, 97, 50257])  # 2 groups, 1 (prime: the layer), 29
+@pytest.mark.parametrize("rows", [1, 2, 8, 9])  # 9 > MATVEC_MAX_ROWS: the layer itself
+def test_linear_helper_matches_the_layer(course, bias, out_features, rows):
+    torch.manual_seed(out_features + rows)
+    layer = torch.nn.Linear(64, out_features, bias=bias)
+    x = torch.randn(rows, 64)
+    with torch.no_grad():
+        got = course._linear(x, layer)
+        torch.testing.assert_close(got, layer(x), atol=1e-5, rtol=0)
+    assert got.shape == (rows, out_features)
+
+
+def test_num_groups(course):
+    assert course.MATVEC_MAX_ROWS == 8
+    assert [course._num_groups(n) for n in (768, 3072, 50257, 97, 67 * 71, 1)] == [2, 2, 29, 1, 1, 1]
+
+
+def test_cache_holds_only_keys_and_values(course):
+    """No copy of the weights: building a cache allocates the two buffers and nothing else."""
+    model = make_model(course, qkv_bias=True)
+    cache = course.KVCache(model, batch_size=3, max_len=10)
+    tensors = [v for v in vars(cache).values() if isinstance(v, torch.Tensor)]
+    assert len(tensors) == 2
+    head_dim = TINY["emb_dim"] // TINY["n_heads"]
+    assert cache.keys.shape == cache.values.shape == (TINY["n_layers"], 3, TINY["n_heads"], 10, head_dim)
+
+
+@pytest.mark.parametrize("batch", [2, 9])  # 9 rows per step: above MATVEC_MAX_ROWS
+@pytest.mark.parametrize("max_rows", [8, 0])  # 0: every product through the layers themselves
+def test_same_tokens_with_a_grouped_output_head(course, monkeypatch, batch, max_rows):
+    """A vocabulary of 98 = 2 x 49 sends the output head through torch.bmm too."""
+    monkeypatch.setattr(course, "MATVEC_MAX_ROWS", max_rows)
+    torch.manual_seed(5)
+    model = course.GPTModel({**TINY, "vocab_size": 98, "qkv_bias": True}).eval()
+    idx = torch.randint(0, 98, (batch, 4))
+    expected = course.generate_text_simple(model, idx, max_new_tokens=CTX, context_size=CTX)
+    assert torch.equal(course.generate_text_cached(model, idx, CTX, CTX), expected)
