@@ -154,8 +154,12 @@ def fetch(name: str, *, quiet: bool = False, timeout: float = 30.0) -> Path:
 
 
 def read_text(name: str) -> str:
-    """Fetch a registered text file and return its contents (UTF-8)."""
-    return fetch(name).read_text(encoding="utf-8")
+    """Fetch a registered text file and return its contents (UTF-8).
+
+    A leading byte order mark is dropped and line ends become ``\\n``, so a file reads the same
+    whether it came from the mirror or from a host that adds a BOM and CRLF (Project Gutenberg).
+    """
+    return fetch(name).read_text(encoding="utf-8-sig")  # text mode turns \r\n into \n
 
 
 def _check_gpt2_size(size: str) -> None:

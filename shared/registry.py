@@ -1,7 +1,8 @@
 """The course's downloadable files: official URLs, backups and sha256 checksums.
 
 Checksums and URLs follow the data mirror's MANIFEST.md. A file whose bytes differ
-between hosts (the SMS zip) is verified by the checksums of its members instead.
+between hosts (the SMS zip) is verified by the checksums of its members instead. Files with
+no checksum (GPT-2 weights, Gutenberg books) are checked only against the server's length.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ RAW_BOOK = "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main"
 OPENAI_GPT2 = "https://openaipublic.blob.core.windows.net/gpt-2"
 BACKUP_GPT2 = "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2"
 HF_HUB = "https://huggingface.co/openai-community"
+GUTENBERG = "https://www.gutenberg.org"
 
 
 @dataclass(frozen=True)
@@ -104,9 +106,25 @@ def _files() -> dict[str, RemoteFile]:
                 note="no published checksum",
             )
         )
+    # Project Gutenberg books for the BPE companion notebook and for exercises. Gutenberg
+    # revises its files now and then (and serves them with a BOM and CRLF line ends, unlike the
+    # mirror's copies), so no checksum is recorded; read_text() removes the BOM and CRLF.
+    for number in GUTENBERG_BOOKS:
+        files.append(
+            RemoteFile(
+                f"gutenberg/pg{number}.txt",
+                (f"{GUTENBERG}/cache/epub/{number}/pg{number}.txt",),
+                note="revised by Project Gutenberg from time to time: no checksum",
+            )
+        )
     return {f.name: f for f in files}
 
 
+# eBook numbers: Frankenstein, A Tale of Two Cities, The Phantom of the Opera, Dracula, Little
+# Women, The Importance of Being Earnest, The Count of Monte Cristo, Pride and Prejudice, Great
+# Expectations, Romeo and Juliet, Moby Dick, Benjamin Franklin's autobiography, The Scarlet
+# Letter, The Brothers Karamazov, The Great Gatsby.
+GUTENBERG_BOOKS = (84, 98, 175, 345, 514, 844, 1184, 1342, 1400, 1513, 2701, 20203, 25344, 28054, 64317)
 GPT2_SIZES = ("124M", "355M", "774M", "1558M")
 GPT2_CKPT_FILES = (
     "checkpoint",

@@ -214,3 +214,18 @@ def test_registry_urls_are_https_and_names_unique():
         assert name == entry.name
         assert entry.urls and all(u.startswith("https://") for u in entry.urls), name
     assert Path(registry.__file__).is_file()
+
+
+def test_gutenberg_books_are_registered_and_read_like_the_mirror(tmp_path, monkeypatch):
+    """Gutenberg serves a BOM and CRLF line ends; read_text gives the same text as the mirror's LF copy."""
+    assert len(registry.GUTENBERG_BOOKS) == 15
+    entry = registry.FILES["gutenberg/pg84.txt"]
+    assert entry.urls == ("https://www.gutenberg.org/cache/epub/84/pg84.txt",)
+    text = "The Project Gutenberg eBook of Frankenstein\n\nLetter 1\n"
+    mirror = tmp_path / "mirror"
+    (mirror / "gutenberg").mkdir(parents=True)
+    (mirror / "gutenberg" / "pg84.txt").write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    monkeypatch.setenv("COURSE_DATA_MIRROR", str(mirror))
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "cache"))
+    assert data.read_text("gutenberg/pg84.txt") == text
+    assert (tmp_path / "cache" / "gutenberg" / "pg84.txt").is_file()
