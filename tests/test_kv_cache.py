@@ -145,8 +145,10 @@ def test_cache_holds_only_keys_and_values(course):
     assert cache.keys.shape == cache.values.shape == (TINY["n_layers"], 3, TINY["n_heads"], 10, head_dim)
 
 
-@pytest.mark.parametrize("batch", [2, 9])  # 9 rows per step: above MATVEC_MAX_ROWS
-@pytest.mark.parametrize("max_rows", [8, 0])  # 0: every product through the layers themselves
+@pytest.mark.parametrize(
+    ("batch", "max_rows"),
+    [(2, 8), (9, 8), (2, 0)],  # torch.bmm; 9 rows per step, above the limit; 0: the layers always
+)
 def test_same_tokens_with_a_grouped_output_head(course, monkeypatch, batch, max_rows):
     """A vocabulary of 98 = 2 x 49 sends the output head through torch.bmm too."""
     monkeypatch.setattr(course, "MATVEC_MAX_ROWS", max_rows)
@@ -155,3 +157,22 @@ def test_same_tokens_with_a_grouped_output_head(course, monkeypatch, batch, max_
     idx = torch.randint(0, 98, (batch, 4))
     expected = course.generate_text_simple(model, idx, max_new_tokens=CTX, context_size=CTX)
     assert torch.equal(course.generate_text_cached(model, idx, CTX, CTX), expected)
+
+
+def test_linear_helper_other_inputs(course):
+    """Non-contiguous rows use torch.bmm correctly; 3-D input and Linear subclasses go to the layer."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 48)
+    with torch.no_grad():
+        wide = torch.randn(64, 3)
+        torch.testing.assert_close(course._linear(wide.T, layer), layer(wide.T), atol=1e-5, rtol=0)
+        cube = torch.randn(2, 3, 64)
+        assert torch.equal(course._linear(cube, layer), layer(cube))
+
+        class Doubled(torch.nn.Linear):
+            def forward(self, x):
+                return 2 * super().forward(x)
+
+        doubled = Doubled(64, 48)
+        x = torch.randn(1, 64)
+        assert torch.equal(course._linear(x, doubled), doubled(x))
