@@ -503,16 +503,17 @@ def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     The weight (out, in) is viewed, not copied, as ``groups`` blocks of rows and multiplied with
     ``torch.bmm``: the same dot products as ``layer(x)``, but on CPU this product of a few rows
     with a large matrix runs faster than the one ``nn.Linear`` calls (see section 4.8.1). Other
-    cases (more rows, no divisor, not a plain ``nn.Linear``, not on CPU) call the layer.
+    cases (more rows, no divisor, a non-contiguous weight, not a plain ``nn.Linear``, not on CPU)
+    call the layer.
     """
     rows = x.shape[0]
     if type(layer) is not nn.Linear or x.dim() != 2 or rows > MATVEC_MAX_ROWS or x.device.type != "cpu":
         return layer(x)  # the batched product is for a few rows on CPU, where it was measured
     out_features, in_features = layer.weight.shape
     groups = _num_groups(out_features)
-    if groups == 1:  # no divisor from 2 to 64
+    if groups == 1 or not layer.weight.is_contiguous():  # no divisor from 2 to 64, or no view possible
         return layer(x)
-    weight = layer.weight.reshape(groups, out_features // groups, in_features)  # (groups, out/groups, in)
+    weight = layer.weight.view(groups, out_features // groups, in_features)  # (groups, out/groups, in)
     y = torch.bmm(weight, x.T.expand(groups, in_features, rows))  # (groups, out/groups, rows)
     y = y.view(out_features, rows).T  # (rows, out), a transposed view: not contiguous
     return y if layer.bias is None else y + layer.bias

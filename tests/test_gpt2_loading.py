@@ -92,6 +92,7 @@ def test_tf_round_trip_gives_identical_logits(course, tiny, tmp_path):
     course.load_weights_into_gpt(fresh, params)
     assert torch.equal(logits(fresh), logits(tiny))
     assert torch.equal(fresh.out_head.weight, fresh.tok_emb.weight)  # weight tying: out_head = wte
+    assert all(p.is_contiguous() for p in fresh.parameters())  # stored as a new layer stores them
 
 
 def test_tf_round_trip_at_124m(course, tmp_path):
@@ -121,6 +122,7 @@ def test_safetensors_round_trip_gives_identical_logits(course, tiny, tmp_path, w
     fresh = random_gpt(course, 99, **TINY)
     course.load_hf_weights_into_gpt(fresh, state)
     assert torch.equal(logits(fresh), logits(tiny))
+    assert all(p.is_contiguous() for p in fresh.parameters())  # Conv1D's (in, out) transposed, then copied
 
 
 def test_safetensors_round_trip_at_124m(course, tmp_path):

@@ -160,7 +160,7 @@ def test_same_tokens_with_a_grouped_output_head(course, monkeypatch, batch, max_
 
 
 def test_linear_helper_other_inputs(course):
-    """Non-contiguous rows use torch.bmm correctly; 3-D input and Linear subclasses go to the layer."""
+    """Non-contiguous rows use torch.bmm; 3-D input, subclasses and non-contiguous weights use the layer."""
     torch.manual_seed(0)
     layer = torch.nn.Linear(64, 48)
     with torch.no_grad():
@@ -176,3 +176,7 @@ def test_linear_helper_other_inputs(course):
         doubled = Doubled(64, 48)
         x = torch.randn(1, 64)
         assert torch.equal(course._linear(x, doubled), doubled(x))
+
+        transposed = torch.nn.Linear(64, 48)  # a weight stored (in, out), as a transposed view
+        transposed.weight = torch.nn.Parameter(torch.randn(64, 48).T)
+        assert torch.equal(course._linear(x, transposed), transposed(x))  # the layer, not a copy
