@@ -57,36 +57,6 @@ def build_hf_model():
     return GPT2LMHeadModel(config).eval()
 
 
-@torch.no_grad()
-def copy_hf_into_course(hf, model) -> None:
-    """Copy a Hugging Face GPT-2's weights into the course's GPTModel (same layout as OpenAI's)."""
-    tr = hf.transformer
-    d = model.cfg["emb_dim"]
-    model.tok_emb.weight.copy_(tr.wte.weight)
-    model.out_head.weight.copy_(tr.wte.weight)  # GPT-2 ties its output head to the embedding
-    model.pos_emb.weight.copy_(tr.wpe.weight)
-    for block, h in zip(model.trf_blocks, tr.h, strict=True):
-        block.norm1.scale.copy_(h.ln_1.weight)
-        block.norm1.shift.copy_(h.ln_1.bias)
-        # Conv1D stores weights as (in, out); nn.Linear as (out, in): hence the transposes.
-        q_w, k_w, v_w = h.attn.c_attn.weight.split(d, dim=1)  # 3 x (768, 768)
-        q_b, k_b, v_b = h.attn.c_attn.bias.split(d, dim=0)
-        for lin, w, bias in ((block.att.W_query, q_w, q_b), (block.att.W_key, k_w, k_b),
-                             (block.att.W_value, v_w, v_b)):
-            lin.weight.copy_(w.T)
-            lin.bias.copy_(bias)
-        block.att.out_proj.weight.copy_(h.attn.c_proj.weight.T)
-        block.att.out_proj.bias.copy_(h.attn.c_proj.bias)
-        block.norm2.scale.copy_(h.ln_2.weight)
-        block.norm2.shift.copy_(h.ln_2.bias)
-        block.ff.layers[0].weight.copy_(h.mlp.c_fc.weight.T)
-        block.ff.layers[0].bias.copy_(h.mlp.c_fc.bias)
-        block.ff.layers[2].weight.copy_(h.mlp.c_proj.weight.T)
-        block.ff.layers[2].bias.copy_(h.mlp.c_proj.bias)
-    model.final_norm.scale.copy_(tr.ln_f.weight)
-    model.final_norm.shift.copy_(tr.ln_f.bias)
-
-
 def cpu_name() -> str:
     """The CPU's model name, as the operating system reports it."""
     try:
@@ -117,11 +87,11 @@ def main() -> None:
 
     import transformers
 
-    course = load_exports("ch04")
+    course = load_exports("ch05")  # chapter 4's model and generators, chapter 5's weight loading
     hf = build_hf_model()
     cfg = course.gpt2_config("124M", qkv_bias=True, drop_rate=0.0)
     model = course.GPTModel(cfg).eval()
-    copy_hf_into_course(hf, model)
+    course.load_hf_weights_into_gpt(model, hf.state_dict())  # the mapping taught in chapter 5
 
     torch.manual_seed(SEED)
     prompt = torch.randint(0, cfg["vocab_size"], (1, PROMPT_TOKENS))
