@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import platform
 import random
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import torch
 
 T = TypeVar("T")
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def is_quick() -> bool:
@@ -35,6 +37,16 @@ def mode_banner() -> str:
             " numbers will differ from the text."
         )
     return "FULL mode: the real course (real data, book-sized runs)."
+
+
+def checkpoint_dir(name: str) -> Path:
+    """Where the course keeps checkpoint ``name``: ``checkpoints/<name>`` (``<name>-quick`` in quick mode).
+
+    ``COURSE_CHECKPOINT_DIR`` moves the ``checkpoints/`` folder elsewhere. Quick runs get their own
+    folder so that they never overwrite a full run's weights.
+    """
+    root = Path(os.environ.get("COURSE_CHECKPOINT_DIR") or REPO_ROOT / "checkpoints")
+    return root / (f"{name}-quick" if is_quick() else name)
 
 
 def set_seed(seed: int = 123) -> None:
