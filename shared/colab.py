@@ -1,7 +1,7 @@
 """The Colab bootstrap: the repository's location, configured here and only here.
 
 Every notebook starts with a setup cell generated from ``setup_cell()`` by
-``python -m shared.export``. Locally it only makes ``shared/`` importable; in Colab
+``python -m tools.export``. Locally it only makes ``shared/`` importable; in Colab
 it first clones the course and installs the packages Colab lacks.
 """
 
@@ -16,7 +16,7 @@ SETUP_MARKER = "#| setup"
 def setup_cell(chapter: str) -> str:
     """Source of the first code cell of every notebook in folder ``chapter``."""
     packages = ", ".join(f'"{p}"' for p in COLAB_PACKAGES)
-    return f'''{SETUP_MARKER}: written by `python -m shared.export` from shared/colab.py; do not edit
+    return f'''{SETUP_MARKER}: written by `python -m tools.export` from shared/colab.py; do not edit
 # Makes the course's `shared/` helpers importable. In Colab it first clones the course.
 import os
 import subprocess

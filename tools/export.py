@@ -1,0 +1,375 @@
+"""Generate the course's code from the notebooks' export cells: the package and ``previous_chapters.py``.
+
+A code cell whose first line is ``#| export`` is part of the course's library. From those cells
+this command writes
+
+* ``gpt_from_scratch/chNN.py``: one module per chapter with export cells (main notebook first,
+  then companions by name). A module imports what it uses from earlier chapters explicitly
+  (``from .ch04 import GPTModel``); scripts, tests and readers import the package.
+* ``chNN_*/previous_chapters.py``: the export cells of all earlier chapters in one self-contained
+  file, for chapters whose notebooks import it (one file next to a notebook is enough, e.g. in Colab).
+* the first code cell of every notebook (the setup cell), from ``shared/colab.py``.
+
+Every generated block starts with a ``# Source:`` line naming its notebook and section. Generated
+Python is formatted with ruff, so ``ruff format --check`` holds for it too.
+
+    python -m tools.export          # regenerate
+    python -m tools.export --check  # exit 1 if anything differs (used by the tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import builtins
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # `python tools/export.py` works as well as `python -m tools.export`
+
+from shared.colab import SETUP_MARKER, setup_cell  # noqa: E402
+
+EXPORT_MARKER = "#| export"
+COMMAND = "python -m tools.export"
+PACKAGE = "gpt_from_scratch"
+GENERATED = "previous_chapters.py"
+SETUP_TAG = "nbval-ignore-output"  # the setup cell prints the mode, which differs by run
+IMPORTS_PREVIOUS = re.compile(r"^\s*(from previous_chapters import|import previous_chapters)", re.M)
+LINE_LENGTH = 110  # as in pyproject.toml
+HEADING = re.compile(r"^#{1,6}\s+(.*\S)\s*$", re.M)
+
+
+@dataclass(frozen=True)
+class ExportCell:
+    """One export cell: where it comes from and its code (marker line removed)."""
+
+    notebook: Path
+    index: int  # position among the notebook's cells, from 0
+    section: str  # the nearest heading above the cell, e.g. "4.2 Layer normalization"
+    source: str
+
+    def provenance(self, root: Path) -> str:
+        """The one-line comment that names this cell's notebook and section."""
+        where = self.notebook.relative_to(root).as_posix()
+        line = f"# Source: {where}, {self.section}" if self.section else f"# Source: {where}"
+        return line if len(line) <= LINE_LENGTH else line[: LINE_LENGTH - 3].rstrip() + "..."
+
+
+class ExportError(ValueError):
+    """The export cells cannot be turned into a package (a name defined twice, say)."""
+
+
+def chapter_dirs(root: Path = ROOT) -> list[Path]:
+    """The chapter folders (``chNN_name``), in order."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"ch\d\d_\w+", p.name))
+
+
+def chapter_notebooks(chapter: Path) -> list[Path]:
+    """A chapter's notebooks: the main ``chNN.ipynb`` first, then companions by name."""
+    main = chapter / f"{chapter.name[:4]}.ipynb"
+    others = sorted(p for p in chapter.glob("*.ipynb") if p != main)
+    return ([main] if main.exists() else []) + others
+
+
+def _cell_source(cell: dict) -> str:
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else src
+
+
+def _cells(notebook: Path) -> list[dict]:
+    return json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+
+
+def export_cells(notebook: Path) -> list[ExportCell]:
+    """A notebook's export cells, each with the section heading it sits under."""
+    found, section = [], ""
+    for index, cell in enumerate(_cells(notebook)):
+        src = _cell_source(cell)
+        if cell["cell_type"] == "markdown":
+            headings = HEADING.findall(src)
+            if headings:
+                section = headings[-1]
+            continue
+        first, _, rest = src.partition("\n")
+        if cell["cell_type"] == "code" and first.strip() == EXPORT_MARKER:
+            found.append(ExportCell(notebook, index, section, rest.strip("\n")))
+    return found
+
+
+def chapter_cells(chapter: Path) -> list[ExportCell]:
+    """The export cells of every notebook of a chapter, in order."""
+    return [cell for nb in chapter_notebooks(chapter) for cell in export_cells(nb)]
+
+
+def imports_previous_chapters(chapter: Path) -> bool:
+    """True when a code cell of one of the chapter's notebooks imports ``previous_chapters``."""
+    return any(
+        cell["cell_type"] == "code" and IMPORTS_PREVIOUS.search(_cell_source(cell))
+        for nb in chapter_notebooks(chapter)
+        for cell in _cells(nb)
+    )
+
+
+def module_name(chapter: Path) -> str:
+    """The package module of a chapter folder: ``ch04_gpt_model`` -> ``ch04``."""
+    return chapter.name[:4]
+
+
+def _split_imports(source: str, where: str) -> tuple[list[str], str]:
+    """Top-level import statements of a cell, and the cell without them."""
+    tree = ast.parse(source, filename=where)
+    lines = source.splitlines()
+    imports, drop = [], set()
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            imports.append(" ".join(ln.strip() for ln in lines[node.lineno - 1 : node.end_lineno]))
+            drop.update(range(node.lineno - 1, node.end_lineno))
+    body = "\n".join(ln for i, ln in enumerate(lines) if i not in drop).strip("\n")
+    return imports, body
+
+
+def defined_names(source: str) -> list[str]:
+    """Names a cell defines at the top level (functions, classes, assignments), in order."""
+    names = []
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                names += [n.id for n in ast.walk(target) if isinstance(n, ast.Name)]
+    return names
+
+
+def used_names(source: str) -> set[str]:
+    """Every plain name a cell mentions (loads, annotations, defaults)."""
+    return {n.id for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name)}
+
+
+def definitions(root: Path = ROOT) -> dict[str, list[ExportCell]]:
+    """Each top-level name defined by an export cell, with every cell that defines it."""
+    found: dict[str, list[ExportCell]] = {}
+    for chapter in chapter_dirs(root):
+        for cell in chapter_cells(chapter):
+            for name in defined_names(cell.source):
+                found.setdefault(name, []).append(cell)
+    return found
+
+
+def defined_twice(root: Path = ROOT) -> dict[str, list[str]]:
+    """Names defined by more than one export cell (one name, one meaning), with where."""
+    return {
+        name: [c.provenance(root).removeprefix("# Source: ") for c in cells]
+        for name, cells in definitions(root).items()
+        if len(cells) > 1
+    }
+
+
+def _import_block(imports: list[str]) -> str:
+    """Imports deduplicated and sorted as ruff's isort does: standard library, third party, local."""
+    unique = list(dict.fromkeys(imports))
+
+    def module(line: str) -> str:
+        return line.split()[1].split(".")[0]
+
+    def order(line: str) -> tuple:
+        return (line.startswith("from"), line.split()[1].lower(), line.lower())
+
+    local = sorted((i for i in unique if i.startswith("from .")), key=order)
+    rest = [i for i in unique if not i.startswith("from .")]
+    stdlib = sorted((i for i in rest if module(i) in sys.stdlib_module_names), key=order)
+    others = sorted((i for i in rest if module(i) not in sys.stdlib_module_names), key=order)
+    return "\n\n".join("\n".join(group) for group in (stdlib, others, local) if group)
+
+
+def _ruff(args: list[str], text: str, filename: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", *args, "--stdin-filename", filename, "-"],
+        input=text, capture_output=True, text=True, cwd=ROOT, check=False,
+    )
+    if result.returncode != 0:
+        hint = "install requirements-test.txt" if "No module named ruff" in result.stderr else "see above"
+        raise ExportError(f"ruff {args[0]} failed on {filename} ({hint}):\n{result.stderr}")
+    return result.stdout
+
+
+def ruff_format(text: str, filename: str) -> str:
+    """``text`` with imports sorted and code formatted by ruff, with the project's settings."""
+    text = _ruff(["check", "--quiet", "--select", "I", "--fix", "--exit-zero"], text, filename)
+    return _ruff(["format", "--quiet"], text, filename)
+
+
+def _assemble(header: str, imports: list[str], blocks: list[str], filename: str) -> str:
+    body = "\n\n\n".join(blocks)
+    parts = [header.rstrip("\n")]
+    if imports:
+        parts.append(_import_block(imports))
+    parts.append(body)
+    return ruff_format("\n\n\n".join(parts) + "\n", filename)
+
+
+def _blocks(cells: list[ExportCell], root: Path) -> tuple[list[str], list[str]]:
+    """Imports and provenance-stamped code blocks of ``cells``."""
+    imports: list[str] = []
+    blocks: list[str] = []
+    for cell in cells:
+        found, body = _split_imports(cell.source, f"{cell.notebook.name} cell {cell.index}")
+        imports += found
+        if body:
+            blocks.append(cell.provenance(root) + "\n" + body)
+    return imports, blocks
+
+
+def _title(chapter: Path) -> str:
+    """The first heading of a chapter's main notebook (``Chapter 4: ...``)."""
+    for cell in _cells(chapter_notebooks(chapter)[0]):
+        if cell["cell_type"] == "markdown":
+            headings = HEADING.findall(_cell_source(cell))
+            if headings:
+                return headings[0]
+    return chapter.name
+
+
+def package_module_source(chapter: Path, root: Path = ROOT) -> str:
+    """The expected contents of ``gpt_from_scratch/chNN.py`` for a chapter with export cells."""
+    twice = defined_twice(root)
+    if twice:
+        lines = "\n".join(f"  {name}: {', '.join(where)}" for name, where in sorted(twice.items()))
+        raise ExportError(f"names defined by more than one export cell (one name, one meaning):\n{lines}")
+    cells = chapter_cells(chapter)
+    imports, blocks = _blocks(cells, root)
+    own = {name for cell in cells for name in defined_names(cell.source)}
+    earlier: dict[str, str] = {}  # name -> module of the earlier chapter that defines it
+    for other in chapter_dirs(root):
+        if other.name >= chapter.name:
+            break
+        for cell in chapter_cells(other):
+            for name in defined_names(cell.source):
+                earlier[name] = module_name(other)
+    needed: dict[str, set[str]] = {}
+    used = set().union(*(used_names(c.source) for c in cells)) - own - set(dir(builtins))
+    for name in used & earlier.keys():
+        needed.setdefault(earlier[name], set()).add(name)
+    for module, names in needed.items():
+        imports.append(f"from .{module} import {', '.join(sorted(names, key=str.lower))}")
+    notebooks = ", ".join(nb.relative_to(root).as_posix() for nb in chapter_notebooks(chapter))
+    header = (
+        f"# AUTOGENERATED by `{COMMAND}` from the `{EXPORT_MARKER}` cells of\n# {notebooks}.\n"
+        "# Do not edit: change the notebook, then run the command again.\n"
+        f'"""{_title(chapter)}: the code the chapter builds."""\n'
+    )
+    return _assemble(header, imports, blocks, f"{PACKAGE}/{module_name(chapter)}.py")
+
+
+def previous_chapters_source(chapter: Path, root: Path = ROOT) -> str:
+    """The expected contents of ``chapter/previous_chapters.py``: all earlier export cells."""
+    earlier = [c for c in chapter_dirs(root) if c.name < chapter.name]
+    cells = [cell for c in earlier for cell in chapter_cells(c)]
+    imports, blocks = _blocks(cells, root)
+    names = ", ".join(c.name for c in earlier if chapter_cells(c))
+    header = (
+        f"# AUTOGENERATED by `{COMMAND}` from the `{EXPORT_MARKER}` cells of\n# {names}.\n"
+        "# Do not edit: change the notebooks, then run the command again.\n"
+        '"""Code from earlier chapters of the course, for use next to this chapter\'s notebook."""\n'
+    )
+    return _assemble(header, imports, blocks, f"{chapter.name}/{GENERATED}")
+
+
+def package_init_source(modules: list[str]) -> str:
+    """The expected contents of ``gpt_from_scratch/__init__.py``."""
+    listing = "\n".join(f"    {m}" for m in modules)
+    return (
+        f"# AUTOGENERATED by `{COMMAND}`. Do not edit.\n"
+        '"""The course\'s code, generated from the notebooks\' export cells, one module per chapter:\n\n'
+        f"{listing}\n\n"
+        "Example: ``from gpt_from_scratch.ch04 import GPTModel``.\n"
+        '"""\n'
+    )
+
+
+def _with_setup_cell(notebook: Path) -> str | None:
+    """The notebook's JSON text with its setup cell regenerated, or None if it has none."""
+    text = notebook.read_text(encoding="utf-8")
+    nb = json.loads(text)
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            if not _cell_source(cell).startswith(SETUP_MARKER):
+                return None
+            new = setup_cell(notebook.parent.name)
+            tags = cell.setdefault("metadata", {}).get("tags", [])
+            if _cell_source(cell) == new and SETUP_TAG in tags:
+                return text
+            cell["source"] = new.splitlines(keepends=True)
+            cell["metadata"]["tags"] = sorted({*tags, SETUP_TAG})
+            return json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+    return None
+
+
+def planned_files(root: Path = ROOT) -> dict[Path, str]:
+    """Every generated file (and notebook with a setup cell) with its expected text."""
+    files: dict[Path, str] = {}
+    chapters = chapter_dirs(root)
+    modules = []
+    for chapter in chapters:
+        if chapter_cells(chapter):
+            modules.append(module_name(chapter))
+            files[root / PACKAGE / f"{module_name(chapter)}.py"] = package_module_source(chapter, root)
+        if imports_previous_chapters(chapter):
+            files[chapter / GENERATED] = previous_chapters_source(chapter, root)
+    files[root / PACKAGE / "__init__.py"] = package_init_source(modules)
+    for chapter in chapters:
+        for notebook in chapter_notebooks(chapter):
+            text = _with_setup_cell(notebook)
+            if text is not None:
+                files[notebook] = text
+    return files
+
+
+def stale_generated(root: Path = ROOT) -> list[Path]:
+    """Generated files that exist but are no longer planned (a chapter stopped importing them)."""
+    planned = planned_files(root)
+    candidates = [c / GENERATED for c in chapter_dirs(root)] + sorted((root / PACKAGE).glob("ch*.py"))
+    return [p for p in candidates if p.exists() and p not in planned]
+
+
+def drift(root: Path = ROOT) -> list[Path]:
+    """Generated files whose contents differ from what the generator would write, or that should go."""
+    stale = [p for p, text in planned_files(root).items()
+             if not p.exists() or p.read_text(encoding="utf-8") != text]
+    return stale + stale_generated(root)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="report drift, write nothing")
+    args = parser.parse_args(argv)
+    try:
+        if args.check:
+            stale = drift()
+            for path in stale:
+                print(f"out of date: {path.relative_to(ROOT)}")
+            if stale:
+                print(f"Run `{COMMAND}` to regenerate.")
+            return 1 if stale else 0
+        for path in stale_generated():
+            path.unlink()
+            print(f"removed {path.relative_to(ROOT)}")
+        for path, text in planned_files().items():
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text, encoding="utf-8")
+                print(f"wrote {path.relative_to(ROOT)}")
+    except ExportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
