@@ -24,7 +24,6 @@ import datetime
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -33,10 +32,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from shared.export import load_exports  # noqa: E402
+import gpt_from_scratch.ch04 as ch04  # noqa: E402  (chapter 4's model and generators)
+from gpt_from_scratch.ch05 import load_hf_weights_into_gpt  # noqa: E402  (chapter 5's weight mapping)
+from shared.tokenizer import END_OF_TEXT_ID
 
 PROMPT_TOKENS = 10
 NEW_TOKENS = 200
@@ -87,11 +85,10 @@ def main() -> None:
 
     import transformers
 
-    course = load_exports("ch05")  # chapter 4's model and generators, chapter 5's weight loading
     hf = build_hf_model()
-    cfg = course.gpt2_config("124M", qkv_bias=True, drop_rate=0.0)
-    model = course.GPTModel(cfg).eval()
-    course.load_hf_weights_into_gpt(model, hf.state_dict())  # the mapping taught in chapter 5
+    cfg = ch04.gpt2_config("124M", qkv_bias=True, drop_rate=0.0)
+    model = ch04.GPTModel(cfg).eval()
+    load_hf_weights_into_gpt(model, hf.state_dict())  # the mapping taught in chapter 5
 
     torch.manual_seed(SEED)
     prompt = torch.randint(0, cfg["vocab_size"], (1, PROMPT_TOKENS))
@@ -99,19 +96,19 @@ def main() -> None:
     n = args.new_tokens
 
     def cached_through_layers(k: int) -> torch.Tensor:
-        saved, course.MATVEC_MAX_ROWS = course.MATVEC_MAX_ROWS, 0  # _linear then calls the layers
+        saved, ch04.MATVEC_MAX_ROWS = ch04.MATVEC_MAX_ROWS, 0  # _linear then calls the layers
         try:
-            return course.generate_text_cached(model, prompt, k, ctx)
+            return ch04.generate_text_cached(model, prompt, k, ctx)
         finally:
-            course.MATVEC_MAX_ROWS = saved
+            ch04.MATVEC_MAX_ROWS = saved
 
     methods = {
-        "no cache (`generate_text_simple`)": lambda k: course.generate_text_simple(model, prompt, k, ctx),
-        "KV cache (`generate_text_cached`)": lambda k: course.generate_text_cached(model, prompt, k, ctx),
+        "no cache (`generate_text_simple`)": lambda k: ch04.generate_text_simple(model, prompt, k, ctx),
+        "KV cache (`generate_text_cached`)": lambda k: ch04.generate_text_cached(model, prompt, k, ctx),
         "KV cache, products through `nn.Linear` (`MATVEC_MAX_ROWS = 0`)": cached_through_layers,
         "Hugging Face `generate` (use_cache=True)": lambda k: hf.generate(
             prompt, attention_mask=torch.ones_like(prompt), do_sample=False, use_cache=True,
-            max_new_tokens=k, min_new_tokens=k, pad_token_id=50256,
+            max_new_tokens=k, min_new_tokens=k, pad_token_id=END_OF_TEXT_ID,
         ),
     }
 

@@ -1,9 +1,7 @@
 """Generate text with a GPT model: a checkpoint from train.py, or OpenAI's GPT-2 weights (chapter 5).
 
-The course code comes from the notebooks themselves: ``load_exports("ch05")`` executes the
-``#| export`` cells of chapters 1-5 (the single source of truth), so this script samples with
-the very ``GPTModel`` and ``generate`` that chapter 5 builds, and loads GPT-2 weights with the
-loaders of section 5.5. For that, the repository root is put on ``sys.path`` first.
+The model, the sampler and the weight loaders come from the course's package,
+``gpt_from_scratch`` (generated from chapters 4 and 5's notebooks; ``pip install -e .``).
 
 Examples (from the repository root):
 
@@ -22,14 +20,17 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from shared.export import load_exports  # noqa: E402
-
-END_OF_TEXT_ID = 50256
+from gpt_from_scratch.ch04 import GPTModel
+from gpt_from_scratch.ch05 import (
+    generate,
+    load_checkpoint,
+    load_gpt2_model,
+    text_to_token_ids,
+    token_ids_to_text,
+)
+from shared.tokenizer import END_OF_TEXT_ID
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,42 +51,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def model_from_checkpoint(course, path: str) -> torch.nn.Module:
+def model_from_checkpoint(path: str) -> torch.nn.Module:
     """A GPTModel rebuilt from the configuration stored in a train.py checkpoint."""
     if not Path(path).is_file():
         raise SystemExit(f"no checkpoint at {path}")
     extras = torch.load(path, map_location="cpu", weights_only=True)["extra"]
     if "cfg" not in extras:
         raise SystemExit(f"{path} has no model configuration: was it written by train.py?")
-    model = course.GPTModel(extras["cfg"])
-    course.load_checkpoint(path, model)
+    model = GPTModel(extras["cfg"])
+    load_checkpoint(path, model)
     return model
 
 
-def model_from_gpt2(course, size: str, source: str) -> torch.nn.Module:
-    """GPT-2 with OpenAI's weights, through the loaders of section 5.5."""
+def model_from_gpt2(size: str, source: str) -> torch.nn.Module:
+    """GPT-2 with OpenAI's weights, downloaded through the course's one download path."""
     from shared.data import fetch_gpt2_checkpoint, fetch_gpt2_safetensors
 
-    needed = ("gpt2_config_from_hparams", "load_weights_into_gpt", "load_gpt2_params_from_tf_ckpt")
-    if source == "hf":
-        needed = ("load_hf_gpt2_state", "load_hf_weights_into_gpt")
-    missing = [name for name in needed if not hasattr(course, name)]
-    if missing:
-        raise SystemExit(f"the course has no {', '.join(missing)} (section 5.5); use --checkpoint")
-    if source == "hf":
-        model = course.GPTModel(course.gpt2_config(size, qkv_bias=True, context_length=1024, drop_rate=0.0))
-        course.load_hf_weights_into_gpt(model, course.load_hf_gpt2_state(fetch_gpt2_safetensors(size)))
-    else:
-        settings, params = course.load_gpt2_params_from_tf_ckpt(fetch_gpt2_checkpoint(size))
-        model = course.GPTModel(course.gpt2_config_from_hparams(settings, drop_rate=0.0))
-        course.load_weights_into_gpt(model, params)
-    return model
+    path = fetch_gpt2_safetensors(size) if source == "hf" else fetch_gpt2_checkpoint(size)
+    return load_gpt2_model(path, size)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Load a model, generate from the prompt, print the text; return the exit code."""
     args = parse_args(argv)
-    course = load_exports("ch05")
     from shared.runtime import get_device, set_seed
     from shared.tokenizer import get_gpt2_tokenizer
 
@@ -93,22 +81,22 @@ def main(argv: list[str] | None = None) -> int:
     from shared.data import DownloadError
 
     if args.checkpoint:
-        model = model_from_checkpoint(course, args.checkpoint)
+        model = model_from_checkpoint(args.checkpoint)
     else:
         try:
-            model = model_from_gpt2(course, args.gpt2, args.source)
+            model = model_from_gpt2(args.gpt2, args.source)
         except (DownloadError, ValueError, ImportError) as err:  # offline, bad size, no TensorFlow
             raise SystemExit(f"could not load GPT-2 {args.gpt2}: {err}") from None
     model.to(device).eval()
     tokenizer = get_gpt2_tokenizer()
 
     set_seed(args.seed)
-    idx = course.text_to_token_ids(args.prompt, tokenizer).to(device)
-    out = course.generate(
+    idx = text_to_token_ids(args.prompt, tokenizer).to(device)
+    out = generate(
         model, idx, max_new_tokens=args.max_new_tokens, context_size=model.cfg["context_length"],
         temperature=args.temperature, top_k=args.top_k, eos_id=END_OF_TEXT_ID,
     )
-    print(course.token_ids_to_text(out.cpu(), tokenizer))
+    print(token_ids_to_text(out.cpu(), tokenizer))
     return 0
 
 

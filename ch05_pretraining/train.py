@@ -1,9 +1,8 @@
 """Pretrain a GPT model on a text file, with checkpoints and exact resuming (chapter 5).
 
-The course code comes from the notebooks themselves: ``load_exports("ch05")`` executes the
-``#| export`` cells of chapters 1-5 (the single source of truth), so this script trains with
-the very ``GPTModel``, ``train_model`` and ``save_checkpoint`` that chapter 5 builds. For that,
-the repository root is put on ``sys.path`` first.
+The model and the training loop come from the course's package, ``gpt_from_scratch``, generated
+from the notebooks' export cells (``pip install -e .``): the very ``GPTModel``, ``train_model`` and
+``save_checkpoint`` that chapters 4 and 5 build.
 
 Examples (from the repository root):
 
@@ -27,13 +26,19 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
+from tqdm.auto import tqdm
 
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from shared.export import load_exports  # noqa: E402
+from gpt_from_scratch.ch02 import create_dataloader
+from gpt_from_scratch.ch04 import GPT_CONFIG_124M, GPTModel, gpt2_config
+from gpt_from_scratch.ch05 import (
+    generate,
+    load_checkpoint,
+    save_checkpoint,
+    text_to_token_ids,
+    token_ids_to_text,
+    train_model,
+)
 
 TINY = {"emb_dim": 64, "n_layers": 2, "n_heads": 2, "context_length": 64}
 RUN_ARGS = (  # what defines a run; restored from the checkpoint on --resume
@@ -82,13 +87,13 @@ def read_text(name: str) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def model_config(course, args: argparse.Namespace) -> dict:
+def model_config(args: argparse.Namespace) -> dict:
     """The GPT configuration for ``--model`` and ``--context-length``."""
     if args.model == "tiny":
-        cfg = {**course.GPT_CONFIG_124M, **TINY}
+        cfg = {**GPT_CONFIG_124M, **TINY}
     else:
         try:
-            cfg = course.gpt2_config(args.model, context_length=256)
+            cfg = gpt2_config(args.model, context_length=256)
         except ValueError as err:
             raise SystemExit(f"--model: {err}; or use 'tiny'") from None
     if args.context_length is not None:
@@ -103,7 +108,6 @@ def main(argv: list[str] | None = None) -> int:
     ckpt_path = Path(args.checkpoint_dir) / CHECKPOINT
     if args.resume and not ckpt_path.is_file():
         raise SystemExit(f"--resume: no checkpoint at {ckpt_path}; train without --resume first")
-    course = load_exports("ch05")
     from shared.runtime import get_device, set_seed
     from shared.tokenizer import get_gpt2_tokenizer
 
@@ -117,22 +121,22 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = get_gpt2_tokenizer()
     text = read_text(args.text)
     split = int((1 - args.val_ratio) * len(text))
-    cfg = model_config(course, args)
+    cfg = model_config(args)
     ctx = cfg["context_length"]
 
     set_seed(args.seed)
-    train_loader = course.create_dataloader(
+    train_loader = create_dataloader(
         text[:split], tokenizer, batch_size=args.batch_size, max_length=ctx, stride=ctx,
         shuffle=True, drop_last=True,
     )
-    val_loader = course.create_dataloader(
+    val_loader = create_dataloader(
         text[split:], tokenizer, batch_size=args.batch_size, max_length=ctx, stride=ctx,
         shuffle=False, drop_last=False,
     )
-    model = course.GPTModel(cfg).to(device)
+    model = GPTModel(cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     if args.resume:
-        state = course.load_checkpoint(ckpt_path, model, optimizer, map_location=device)
+        state = load_checkpoint(ckpt_path, model, optimizer, map_location=device)
         state.pop("cfg", None)
         state.pop("args", None)
         print(f"resuming from step {state['step']}")
@@ -153,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     with tqdm(total=end, initial=min(step, end), unit="step", dynamic_ncols=True) as bar:
         while step < end:
             stop = min(end, (step // args.save_every + 1) * args.save_every)
-            state = course.train_model(
+            state = train_model(
                 model, train_loader, val_loader, optimizer, device, **schedule,
                 state=state, stop_at_step=stop, verbose=False,
             )
@@ -162,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             hist = state["history"]
             if hist["val_losses"]:
                 bar.set_postfix(train=f"{hist['train_losses'][-1]:.3f}", val=f"{hist['val_losses'][-1]:.3f}")
-            course.save_checkpoint(ckpt_path, model, optimizer, cfg=cfg, args=vars(args), **state)
+            save_checkpoint(ckpt_path, model, optimizer, cfg=cfg, args=vars(args), **state)
     if state is None:
         print("nothing to do: the checkpoint already reached the last step")
         return 0
@@ -172,9 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         train_loss, val_loss = hist["train_losses"][-1], hist["val_losses"][-1]
         print(f"last evaluation: train loss {train_loss:.3f}, val loss {val_loss:.3f}")
     model.eval()
-    idx = course.text_to_token_ids(args.prompt, tokenizer).to(device)
-    out = course.generate(model, idx, max_new_tokens=20, context_size=ctx)
-    print("sample:", course.token_ids_to_text(out.cpu(), tokenizer).replace("\n", " "))
+    idx = text_to_token_ids(args.prompt, tokenizer).to(device)
+    out = generate(model, idx, max_new_tokens=20, context_size=ctx)
+    print("sample:", token_ids_to_text(out.cpu(), tokenizer).replace("\n", " "))
     return 0
 
 

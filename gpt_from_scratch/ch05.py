@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, SequentialSampler
 
-from .ch04 import generate_text_simple
+from .ch04 import GPTModel, generate_text_simple, gpt2_config
 
 
 # Source: ch05_pretraining/ch05.ipynb, 5.1.1 Text in, token IDs out, and back
@@ -386,6 +386,22 @@ def load_hf_weights_into_gpt(gpt: nn.Module, state_dict: dict[str, torch.Tensor]
         gpt.out_head.weight = assign(gpt.out_head.weight, state["lm_head.weight"], "lm_head.weight")
 
 
+# Source: ch05_pretraining/ch05.ipynb, 5.5.6 Loading the real GPT-2 and generating text
+def load_gpt2_model(path: str | os.PathLike, size: str = "124M") -> GPTModel:
+    """GPT-2 ``size`` in eval mode, loaded from OpenAI's checkpoint folder or a Hugging Face safetensors file."""
+    cfg = gpt2_config(size, qkv_bias=True, context_length=1024, drop_rate=0.0)  # checks the size
+    model = GPTModel(cfg)
+    path = Path(path)
+    if path.is_dir():  # OpenAI's TensorFlow checkpoint: hparams.json, model.ckpt.*
+        settings, params = load_gpt2_params_from_tf_ckpt(path)
+        if gpt2_config_from_hparams(settings, drop_rate=0.0) != cfg:
+            raise ValueError(f"{path} holds a different GPT-2 size than {size}: {settings}")
+        load_weights_into_gpt(model, params)
+    else:  # Hugging Face's model.safetensors
+        load_hf_weights_into_gpt(model, load_hf_gpt2_state(path))
+    return model.eval()
+
+
 # Source: ch05_pretraining/ch05.ipynb, 5.6 Beyond the book: learning-rate warmup, cosine decay and gradient...
 def lr_at_step(step: int, total_steps: int, warmup_steps: int, peak_lr: float, min_lr: float) -> float:
     """Learning rate at 0-based ``step``: linear warmup to ``peak_lr``, then cosine decay to ``min_lr``."""
@@ -399,10 +415,15 @@ def lr_at_step(step: int, total_steps: int, warmup_steps: int, peak_lr: float, m
 
 
 # Source: ch05_pretraining/ch05.ipynb, 5.6.1 Reproducible data order and exact resuming
-def epoch_batches(dataset: Dataset, batch_size: int, seed: int, epoch: int, drop_last: bool = True):
+def epoch_batches(
+    dataset: Dataset, batch_size: int, seed: int, epoch: int, drop_last: bool = True, shuffle: bool = True
+):
     """Yield the (inputs, targets) batches of one epoch, shuffled in an order fixed by (seed, epoch)."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(len(dataset), generator=generator).tolist()
+    if shuffle:
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(len(dataset), generator=generator).tolist()
+    else:
+        order = list(range(len(dataset)))
     stop = len(order) - len(order) % batch_size if drop_last else len(order)
     for start in range(0, stop, batch_size):
         pairs = [dataset[i] for i in order[start : start + batch_size]]
@@ -430,6 +451,7 @@ def train_model(
 ) -> dict:
     """Train with warmup, cosine decay and gradient clipping; resumable from a returned ``state``."""
     dataset, batch_size, drop_last = train_loader.dataset, train_loader.batch_size, train_loader.drop_last
+    shuffle = not isinstance(train_loader.sampler, SequentialSampler)  # honour the loader's shuffle=...
     steps_per_epoch = len(dataset) // batch_size if drop_last else -(-len(dataset) // batch_size)
     total_steps = num_epochs * steps_per_epoch
     if steps_per_epoch == 0:
@@ -455,7 +477,7 @@ def train_model(
     for epoch in range(step // steps_per_epoch, num_epochs):
         if step >= end:
             break
-        batches = epoch_batches(dataset, batch_size, seed, epoch, drop_last)
+        batches = epoch_batches(dataset, batch_size, seed, epoch, drop_last, shuffle)
         for i, (input_batch, target_batch) in enumerate(batches):
             if epoch * steps_per_epoch + i < step:
                 continue  # batches this epoch already trained on before the checkpoint
