@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gpt_from_scratch.ch04 import GPT2_PRESETS  # the one list of GPT-2's sizes (section 4.1)
+
 RAW_BOOK = "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main"
 OPENAI_GPT2 = "https://openaipublic.blob.core.windows.net/gpt-2"
 BACKUP_GPT2 = "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2"
@@ -125,7 +127,7 @@ def _files() -> dict[str, RemoteFile]:
 # Expectations, Romeo and Juliet, Moby Dick, Benjamin Franklin's autobiography, The Scarlet
 # Letter, The Brothers Karamazov, The Great Gatsby.
 GUTENBERG_BOOKS = (84, 98, 175, 345, 514, 844, 1184, 1342, 1400, 1513, 2701, 20203, 25344, 28054, 64317)
-GPT2_SIZES = ("124M", "355M", "774M", "1558M")
+GPT2_SIZES = tuple(GPT2_PRESETS)  # "124M", "355M", "774M", "1558M"
 GPT2_CKPT_FILES = (
     "checkpoint",
     "encoder.json",
@@ -135,6 +137,7 @@ GPT2_CKPT_FILES = (
     "model.ckpt.meta",
     "vocab.bpe",
 )
-GPT2_HF_REPOS = {"124M": "gpt2", "355M": "gpt2-medium", "774M": "gpt2-large", "1558M": "gpt2-xl"}
+# Hugging Face repositories of the same sizes, smallest first.
+GPT2_HF_REPOS = dict(zip(GPT2_SIZES, ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"), strict=True))
 
 FILES: dict[str, RemoteFile] = _files()

@@ -1,23 +1,32 @@
-"""Shared fixtures: the course's exported code, and the data files."""
+"""Shared fixtures: data files, the tokenizer, one tiny GPT configuration, and thread settings.
+
+Tests import the course's code from the generated package (``from gpt_from_scratch.ch04 import
+GPTModel``), installed editable by ``scripts/install.sh``.
+"""
 
 from __future__ import annotations
 
 import os
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from shared.export import load_exports  # noqa: E402
+TINY_CFG = {
+    "vocab_size": 97,
+    "context_length": 16,
+    "emb_dim": 32,
+    "n_heads": 4,
+    "n_layers": 2,
+    "drop_rate": 0.0,
+    "qkv_bias": False,
+}
 
 
 @pytest.fixture(scope="session")
-def course():
-    """Every export cell of every chapter, imported as one module."""
-    return load_exports()
+def tiny_cfg() -> Callable[..., dict]:
+    """The one tiny GPT configuration of the test suite: ``tiny_cfg(**overrides)`` returns a fresh dict."""
+    return lambda **overrides: {**TINY_CFG, **overrides}
 
 
 @pytest.fixture(scope="session")

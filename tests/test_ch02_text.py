@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 
+from gpt_from_scratch.ch02 import GPTDataset, SimpleTokenizer, create_dataloader, split_words
+
 VERDICT_BPE_TOKENS = 5145  # GPT-2 tokens in "The Verdict"
 VERDICT_WORD_TOKENS = 4690  # split_words tokens in "The Verdict"
 VERDICT_VOCAB = 1130  # distinct split_words tokens
@@ -23,53 +25,53 @@ def verdict_ids(gpt2_tokenizer, verdict_text) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def verdict_vocab(course, verdict_text) -> dict[str, int]:
-    return {w: i for i, w in enumerate(sorted(set(course.split_words(verdict_text))))}
+def verdict_vocab(verdict_text) -> dict[str, int]:
+    return {w: i for i, w in enumerate(sorted(set(split_words(verdict_text))))}
 
 
 # ---------------------------------------------------------------- split_words / SimpleTokenizer
 
 
-def test_split_words_separates_punctuation_and_drops_whitespace(course):
-    got = course.split_words("Hello, world. Is this-- a test?\n  'Yes'!")
+def test_split_words_separates_punctuation_and_drops_whitespace():
+    got = split_words("Hello, world. Is this-- a test?\n  'Yes'!")
     assert got == ["Hello", ",", "world", ".", "Is", "this", "--", "a", "test", "?", "'", "Yes", "'", "!"]
 
 
-def test_verdict_counts(course, verdict_text, verdict_vocab):
+def test_verdict_counts(verdict_text, verdict_vocab):
     assert len(verdict_text) == 20479
-    assert len(course.split_words(verdict_text)) == VERDICT_WORD_TOKENS
+    assert len(split_words(verdict_text)) == VERDICT_WORD_TOKENS
     assert len(verdict_vocab) == VERDICT_VOCAB
 
 
-def test_simple_tokenizer_round_trip_on_verdict(course, verdict_text, verdict_vocab):
-    tok = course.SimpleTokenizer(verdict_vocab)
+def test_simple_tokenizer_round_trip_on_verdict(verdict_text, verdict_vocab):
+    tok = SimpleTokenizer(verdict_vocab)
     ids = tok.encode(verdict_text)
     assert len(ids) == VERDICT_WORD_TOKENS
     assert sorted(set(ids)) == list(range(VERDICT_VOCAB))
     decoded = tok.decode(ids)
-    assert course.split_words(decoded) == course.split_words(verdict_text)
+    assert split_words(decoded) == split_words(verdict_text)
     assert tok.encode(decoded) == ids
 
 
-def test_simple_tokenizer_decode_removes_space_before_punctuation(course, verdict_vocab):
-    tok = course.SimpleTokenizer(verdict_vocab)
+def test_simple_tokenizer_decode_removes_space_before_punctuation(verdict_vocab):
+    tok = SimpleTokenizer(verdict_vocab)
     text = "It was the last he painted, you know, Mrs. Gisburn said."
     assert tok.decode(tok.encode(text)) == text
 
 
-def test_missing_word_without_unk_raises_helpful_keyerror(course, verdict_vocab):
-    tok = course.SimpleTokenizer(verdict_vocab)
+def test_missing_word_without_unk_raises_helpful_keyerror(verdict_vocab):
+    tok = SimpleTokenizer(verdict_vocab)
     with pytest.raises(KeyError) as info:
         tok.encode("Hello, do you like tea?")
     message = info.value.args[0]
     assert "'Hello'" in message and "<|unk|>" in message
 
 
-def test_unknown_words_map_to_unk_when_present(course, verdict_vocab):
+def test_unknown_words_map_to_unk_when_present(verdict_vocab):
     vocab = dict(verdict_vocab)
     vocab["<|endoftext|>"] = len(vocab)
     vocab["<|unk|>"] = len(vocab)
-    tok = course.SimpleTokenizer(vocab)
+    tok = SimpleTokenizer(vocab)
     ids = tok.encode("Hello, do you like tea? <|endoftext|> In the sunlit terraces of the palace.")
     assert ids.count(vocab["<|unk|>"]) == 2
     assert ids.count(vocab["<|endoftext|>"]) == 1
@@ -84,8 +86,28 @@ def test_tiktoken_round_trip_and_known_ids(gpt2_tokenizer, verdict_text, verdict
     assert gpt2_tokenizer.decode(verdict_ids) == verdict_text
     text = "Hello, do you like tea? <|endoftext|> In the sunlit terraces of someunknownPlace."
     ids = gpt2_tokenizer.encode(text, allowed_special={"<|endoftext|>"})
-    assert ids == [15496, 11, 466, 345, 588, 8887, 30, 220, 50256, 554, 262, 4252, 18250, 8812, 2114, 286,
-                   617, 34680, 27271, 13]
+    assert ids == [
+        15496,
+        11,
+        466,
+        345,
+        588,
+        8887,
+        30,
+        220,
+        50256,
+        554,
+        262,
+        4252,
+        18250,
+        8812,
+        2114,
+        286,
+        617,
+        34680,
+        27271,
+        13,
+    ]
     assert gpt2_tokenizer.decode(ids) == text
     assert gpt2_tokenizer.encode("Akwirw ier") == [33901, 86, 343, 86, 220, 959]
 
@@ -97,16 +119,14 @@ def test_tiktoken_round_trip_and_known_ids(gpt2_tokenizer, verdict_text, verdict
     ("max_length", "stride", "pinned"),
     [(4, 1, 5141), (4, 4, 1286), (256, 128, 39), (8, 2, 2569), (2, 2, 2572), (256, 256, 20)],
 )
-def test_sample_counts(course, gpt2_tokenizer, verdict_text, max_length, stride, pinned):
-    dataset = course.GPTDataset(verdict_text, gpt2_tokenizer, max_length, stride)
+def test_sample_counts(gpt2_tokenizer, verdict_text, max_length, stride, pinned):
+    dataset = GPTDataset(verdict_text, gpt2_tokenizer, max_length, stride)
     assert len(dataset) == expected_samples(VERDICT_BPE_TOKENS, max_length, stride) == pinned
 
 
 @pytest.mark.parametrize(("max_length", "stride"), [(4, 1), (4, 4), (8, 3), (256, 128)])
-def test_windows_follow_the_token_stream(
-    course, gpt2_tokenizer, verdict_text, verdict_ids, max_length, stride
-):
-    dataset = course.GPTDataset(verdict_text, gpt2_tokenizer, max_length, stride)
+def test_windows_follow_the_token_stream(gpt2_tokenizer, verdict_text, verdict_ids, max_length, stride):
+    dataset = GPTDataset(verdict_text, gpt2_tokenizer, max_length, stride)
     for idx in [0, 1, len(dataset) // 2, len(dataset) - 1]:
         x, y = dataset[idx]
         start = idx * stride
@@ -118,14 +138,15 @@ def test_windows_follow_the_token_stream(
     assert len(dataset) * stride + max_length >= len(verdict_ids)  # and one more would not
 
 
-def test_dataset_honours_endoftext(course, gpt2_tokenizer):
-    dataset = course.GPTDataset("One story. <|endoftext|> Another story here.", gpt2_tokenizer, 4, 1)
+def test_dataset_honours_endoftext(gpt2_tokenizer):
+    dataset = GPTDataset("One story. <|endoftext|> Another story here.", gpt2_tokenizer, 4, 1)
     assert any(50256 in x for x, _ in dataset)
 
 
-def test_batch_shapes_and_order(course, gpt2_tokenizer, verdict_text, verdict_ids):
-    loader = course.create_dataloader(verdict_text, gpt2_tokenizer, batch_size=8, max_length=4, stride=4,
-                                      shuffle=False)
+def test_batch_shapes_and_order(gpt2_tokenizer, verdict_text, verdict_ids):
+    loader = create_dataloader(
+        verdict_text, gpt2_tokenizer, batch_size=8, max_length=4, stride=4, shuffle=False
+    )
     inputs, targets = next(iter(loader))
     assert inputs.shape == targets.shape == (8, 4)
     assert inputs.flatten().tolist() == verdict_ids[:32]
@@ -133,20 +154,27 @@ def test_batch_shapes_and_order(course, gpt2_tokenizer, verdict_text, verdict_id
     assert inputs[0].tolist() == [40, 367, 2885, 1464]
 
 
-def test_drop_last(course, gpt2_tokenizer, verdict_text):
+def test_drop_last(gpt2_tokenizer, verdict_text):
     kwargs = dict(batch_size=8, max_length=4, stride=4, shuffle=False)  # 1286 samples = 160 * 8 + 6
-    dropped = course.create_dataloader(verdict_text, gpt2_tokenizer, drop_last=True, **kwargs)
-    kept = course.create_dataloader(verdict_text, gpt2_tokenizer, drop_last=False, **kwargs)
+    dropped = create_dataloader(verdict_text, gpt2_tokenizer, drop_last=True, **kwargs)
+    kept = create_dataloader(verdict_text, gpt2_tokenizer, drop_last=False, **kwargs)
     assert len(dropped) == 160 and len(kept) == 161
     assert all(len(x) == 8 for x, _ in dropped)
     assert [len(x) for x, _ in kept][-1] == 6
 
 
-def test_shuffle_is_seeded_and_covers_every_sample(course, gpt2_tokenizer, verdict_text):
+def test_shuffle_is_seeded_and_covers_every_sample(gpt2_tokenizer, verdict_text):
     def first_epoch(shuffle: bool) -> list[list[int]]:
         torch.manual_seed(123)
-        loader = course.create_dataloader(verdict_text, gpt2_tokenizer, batch_size=8, max_length=4, stride=4,
-                                          shuffle=shuffle, drop_last=False)
+        loader = create_dataloader(
+            verdict_text,
+            gpt2_tokenizer,
+            batch_size=8,
+            max_length=4,
+            stride=4,
+            shuffle=shuffle,
+            drop_last=False,
+        )
         return [row for x, _ in loader for row in x.tolist()]
 
     ordered, shuffled = first_epoch(False), first_epoch(True)
@@ -155,19 +183,19 @@ def test_shuffle_is_seeded_and_covers_every_sample(course, gpt2_tokenizer, verdi
     assert first_epoch(True) == shuffled  # same seed, same order
 
 
-def test_defaults_give_training_batches(course, gpt2_tokenizer, verdict_text):
-    loader = course.create_dataloader(verdict_text, gpt2_tokenizer)  # batch 4, 256 tokens, stride 128
+def test_defaults_give_training_batches(gpt2_tokenizer, verdict_text):
+    loader = create_dataloader(verdict_text, gpt2_tokenizer)  # batch 4, 256 tokens, stride 128
     inputs, targets = next(iter(loader))
     assert inputs.shape == targets.shape == (4, 256)
     assert len(loader) == 39 // 4
 
 
 @pytest.mark.parametrize("max_length", [3, 4, 256])
-def test_text_shorter_than_window_raises_valueerror(course, gpt2_tokenizer, max_length):
+def test_text_shorter_than_window_raises_valueerror(gpt2_tokenizer, max_length):
     with pytest.raises(ValueError, match=r"max_length \+ 1"):
-        course.create_dataloader("Too short.", gpt2_tokenizer, max_length=max_length)  # 3 tokens
+        create_dataloader("Too short.", gpt2_tokenizer, max_length=max_length)  # 3 tokens
 
 
-def test_text_of_exactly_one_window(course, gpt2_tokenizer):
-    dataset = course.GPTDataset("Too short.", gpt2_tokenizer, max_length=2, stride=1)  # 3 tokens: one window
+def test_text_of_exactly_one_window(gpt2_tokenizer):
+    dataset = GPTDataset("Too short.", gpt2_tokenizer, max_length=2, stride=1)  # 3 tokens: one window
     assert len(dataset) == 1

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gpt_from_scratch.ch03 import CausalAttention, MultiHeadAttention
+
 # (batch, num_tokens, d_in, d_out, num_heads, context_length, qkv_bias)
 MHA_SHAPES = [
     (2, 6, 3, 4, 2, 6, False),
@@ -17,9 +19,9 @@ MHA_SHAPES = [
 ]
 
 
-def make_mha(course, d_in, d_out, num_heads, context_length, qkv_bias, dropout=0.0, seed=0):
+def make_mha(d_in, d_out, num_heads, context_length, qkv_bias, dropout=0.0, seed=0):
     torch.manual_seed(seed)
-    return course.MultiHeadAttention(d_in, d_out, context_length, dropout, num_heads, qkv_bias=qkv_bias)
+    return MultiHeadAttention(d_in, d_out, context_length, dropout, num_heads, qkv_bias=qkv_bias)
 
 
 def reference_mha(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -38,8 +40,8 @@ def reference_mha(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("b,t,d_in,d_out,heads,ctx,bias", MHA_SHAPES)
-def test_multihead_attention_matches_sdpa(course, b, t, d_in, d_out, heads, ctx, bias):
-    mha = make_mha(course, d_in, d_out, heads, ctx, bias).eval()
+def test_multihead_attention_matches_sdpa(b, t, d_in, d_out, heads, ctx, bias):
+    mha = make_mha(d_in, d_out, heads, ctx, bias).eval()
     torch.manual_seed(1)
     x = torch.randn(b, t, d_in)
     with torch.no_grad():
@@ -49,11 +51,13 @@ def test_multihead_attention_matches_sdpa(course, b, t, d_in, d_out, heads, ctx,
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("b,t,d_in,d_out,ctx,bias", [(2, 6, 3, 2, 6, False), (3, 7, 8, 5, 12, True),
-                                                      (1, 1, 4, 3, 4, False), (2, 20, 16, 16, 20, True)])
-def test_causal_attention_matches_sdpa(course, b, t, d_in, d_out, ctx, bias):
+@pytest.mark.parametrize(
+    "b,t,d_in,d_out,ctx,bias",
+    [(2, 6, 3, 2, 6, False), (3, 7, 8, 5, 12, True), (1, 1, 4, 3, 4, False), (2, 20, 16, 16, 20, True)],
+)
+def test_causal_attention_matches_sdpa(b, t, d_in, d_out, ctx, bias):
     torch.manual_seed(0)
-    ca = course.CausalAttention(d_in, d_out, ctx, 0.0, qkv_bias=bias).eval()
+    ca = CausalAttention(d_in, d_out, ctx, 0.0, qkv_bias=bias).eval()
     x = torch.randn(b, t, d_in)
     with torch.no_grad():
         out = ca(x)
@@ -62,18 +66,18 @@ def test_causal_attention_matches_sdpa(course, b, t, d_in, d_out, ctx, bias):
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
 
 
-def both_modules(course, d_in=8, d_out=12, ctx=16, dropout=0.0, seed=0):
+def both_modules(d_in=8, d_out=12, ctx=16, dropout=0.0, seed=0):
     torch.manual_seed(seed)
     return [
-        course.CausalAttention(d_in, d_out, ctx, dropout),
-        course.MultiHeadAttention(d_in, d_out, ctx, dropout, num_heads=3),
+        CausalAttention(d_in, d_out, ctx, dropout),
+        MultiHeadAttention(d_in, d_out, ctx, dropout, num_heads=3),
     ]
 
 
 @pytest.mark.parametrize("kind", [0, 1], ids=["CausalAttention", "MultiHeadAttention"])
 @pytest.mark.parametrize("cut", [0, 3, 8])
-def test_no_position_attends_to_the_future(course, kind, cut):
-    module = both_modules(course)[kind].eval()
+def test_no_position_attends_to_the_future(kind, cut):
+    module = both_modules()[kind].eval()
     torch.manual_seed(2)
     x = torch.randn(2, 10, 8)
     x_changed = x.clone()
@@ -101,13 +105,13 @@ def identity_probe(module: nn.Module, num_tokens: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("kind", [0, 1], ids=["CausalAttention", "MultiHeadAttention"])
-def test_dropout_scales_kept_weights(course, kind):
+def test_dropout_scales_kept_weights(kind):
     t, p = 128, 0.5
     torch.manual_seed(0)
     if kind == 0:
-        module = course.CausalAttention(t, t, t, p)
+        module = CausalAttention(t, t, t, p)
     else:
-        module = course.MultiHeadAttention(t, t, t, p, num_heads=4)
+        module = MultiHeadAttention(t, t, t, p, num_heads=4)
     eye = identity_probe(module, t)
     x = eye.expand(8, t, t)  # 8 sequences of 128 tokens
     rows = torch.arange(t).unsqueeze(1)
@@ -134,16 +138,16 @@ def test_dropout_scales_kept_weights(course, kind):
 
 
 @pytest.mark.parametrize("d_out,heads", [(10, 4), (7, 3), (768, 5)])
-def test_indivisible_d_out_raises(course, d_out, heads):
+def test_indivisible_d_out_raises(d_out, heads):
     with pytest.raises(ValueError) as info:
-        course.MultiHeadAttention(8, d_out, 16, 0.0, num_heads=heads)
+        MultiHeadAttention(8, d_out, 16, 0.0, num_heads=heads)
     message = str(info.value)
     assert str(d_out) in message and str(heads) in message
 
 
 @pytest.mark.parametrize("kind", [0, 1], ids=["CausalAttention", "MultiHeadAttention"])
-def test_batch_items_are_independent(course, kind):
-    module = both_modules(course)[kind].eval()
+def test_batch_items_are_independent(kind):
+    module = both_modules()[kind].eval()
     torch.manual_seed(3)
     x = torch.randn(4, 7, 8)
     with torch.no_grad():
@@ -159,37 +163,37 @@ def test_batch_items_are_independent(course, kind):
 
 
 @pytest.mark.parametrize("b,t", [(1, 1), (2, 5), (3, 16)])
-def test_output_shapes(course, b, t):
-    ca, mha = both_modules(course, d_in=8, d_out=12, ctx=16)
+def test_output_shapes(b, t):
+    ca, mha = both_modules(d_in=8, d_out=12, ctx=16)
     x = torch.randn(b, t, 8)
     assert ca(x).shape == (b, t, 12)
     assert mha(x).shape == (b, t, 12)
-    gpt2 = course.MultiHeadAttention(768, 768, 1024, 0.0, num_heads=12)
+    gpt2 = MultiHeadAttention(768, 768, 1024, 0.0, num_heads=12)
     assert gpt2.head_dim == 64
     assert gpt2(torch.randn(b, t, 768)).shape == (b, t, 768)
 
 
-def test_input_longer_than_context_fails(course):
-    for module in both_modules(course, ctx=4):
+def test_input_longer_than_context_fails():
+    for module in both_modules(ctx=4):
         with pytest.raises(RuntimeError):
             module(torch.randn(1, 5, 8))
 
 
 @pytest.mark.parametrize("kind", [0, 1], ids=["CausalAttention", "MultiHeadAttention"])
-def test_mask_is_a_non_persistent_buffer(course, kind):
-    module = both_modules(course, ctx=6)[kind]
+def test_mask_is_a_non_persistent_buffer(kind):
+    module = both_modules(ctx=6)[kind]
     assert "mask" in dict(module.named_buffers())
     assert "mask" not in module.state_dict()
     assert all("mask" not in name for name, _ in module.named_parameters())
     assert module.mask.dtype == torch.bool
     assert torch.equal(module.mask, torch.triu(torch.ones(6, 6, dtype=torch.bool), diagonal=1))
-    fresh = both_modules(course, ctx=6, seed=1)[kind]
+    fresh = both_modules(ctx=6, seed=1)[kind]
     fresh.load_state_dict(module.state_dict(), strict=True)  # loads without any mask entry
     x = torch.randn(2, 6, 8)
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval()(x), module.eval()(x))
 
 
-def test_gpt2_size_parameter_count(course):
-    mha = course.MultiHeadAttention(768, 768, 1024, 0.1, num_heads=12, qkv_bias=True)
+def test_gpt2_size_parameter_count():
+    mha = MultiHeadAttention(768, 768, 1024, 0.1, num_heads=12, qkv_bias=True)
     assert sum(p.numel() for p in mha.parameters()) == 4 * 768 * 768 + 4 * 768

@@ -13,15 +13,32 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "ch05_pretraining" / "train.py"
 GENERATE = ROOT / "ch05_pretraining" / "generate.py"
-TINY = ["--text", "the-verdict.txt", "--model", "tiny", "--context-length", "32", "--epochs", "1",
-        "--eval-freq", "2", "--eval-iter", "1", "--save-every", "2", "--device", "cpu"]
+TINY = [
+    "--text",
+    "the-verdict.txt",
+    "--model",
+    "tiny",
+    "--context-length",
+    "32",
+    "--epochs",
+    "1",
+    "--eval-freq",
+    "2",
+    "--eval-iter",
+    "1",
+    "--save-every",
+    "2",
+    "--device",
+    "cpu",
+]
 
 
 def run(script: Path, *args: str, cwd: Path) -> str:
     """Run a script with this Python (environment inherited, COURSE_DATA_MIRROR included)."""
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    done = subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, f"{script.name} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -37,8 +54,23 @@ def test_train_resume_and_generate(mirror, tmp_path):
     out = run(TRAIN, *TINY, "--max-steps", "3", "--checkpoint-dir", str(split), cwd=tmp_path)
     assert "training until step 3" in out
     assert len(history(split / "last.pth")["batch_losses"]) == 3
-    out = run(TRAIN, "--resume", "--max-steps", "5", "--checkpoint-dir", str(split), "--eval-freq", "2",
-              "--eval-iter", "1", "--save-every", "2", "--device", "cpu", cwd=tmp_path)
+    out = run(
+        TRAIN,
+        "--resume",
+        "--max-steps",
+        "5",
+        "--checkpoint-dir",
+        str(split),
+        "--eval-freq",
+        "2",
+        "--eval-iter",
+        "1",
+        "--save-every",
+        "2",
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+    )
     assert "resuming from step 3" in out
 
     a, b = history(straight / "last.pth"), history(split / "last.pth")
@@ -46,13 +78,43 @@ def test_train_resume_and_generate(mirror, tmp_path):
     assert a["batch_losses"] == b["batch_losses"]  # the resumed run continues exactly
     assert a["val_losses"] == b["val_losses"]
 
-    text = run(GENERATE, "--checkpoint", str(split / "last.pth"), "--prompt", "Every effort",
-               "--max-new-tokens", "5", "--temperature", "1.0", "--top-k", "10", "--seed", "1",
-               "--device", "cpu", cwd=tmp_path)
+    text = run(
+        GENERATE,
+        "--checkpoint",
+        str(split / "last.pth"),
+        "--prompt",
+        "Every effort",
+        "--max-new-tokens",
+        "5",
+        "--temperature",
+        "1.0",
+        "--top-k",
+        "10",
+        "--seed",
+        "1",
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+    )
     assert text.startswith("Every effort") and len(text.strip()) > len("Every effort")
-    again = run(GENERATE, "--checkpoint", str(split / "last.pth"), "--prompt", "Every effort",
-                "--max-new-tokens", "5", "--temperature", "1.0", "--top-k", "10", "--seed", "1",
-                "--device", "cpu", cwd=tmp_path)
+    again = run(
+        GENERATE,
+        "--checkpoint",
+        str(split / "last.pth"),
+        "--prompt",
+        "Every effort",
+        "--max-new-tokens",
+        "5",
+        "--temperature",
+        "1.0",
+        "--top-k",
+        "10",
+        "--seed",
+        "1",
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+    )
     assert again == text  # same seed, same text
 
 

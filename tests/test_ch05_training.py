@@ -10,19 +10,41 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from gpt_from_scratch.ch04 import GPT_CONFIG_124M, GPTModel, generate_text_simple
+from gpt_from_scratch.ch05 import (
+    calc_loss_batch,
+    calc_loss_loader,
+    epoch_batches,
+    generate,
+    load_checkpoint,
+    lr_at_step,
+    save_checkpoint,
+    text_to_token_ids,
+    token_ids_to_text,
+    train_model,
+    train_model_simple,
+)
+
 VOCAB = 97
 
 
-def tiny_cfg(course, **overrides) -> dict:
+def tiny_cfg(**overrides) -> dict:
     """A small GPT configuration (small vocabulary, so every test runs in well under a second)."""
-    cfg = {**course.GPT_CONFIG_124M, "vocab_size": VOCAB, "context_length": 16, "emb_dim": 32,
-           "n_layers": 2, "n_heads": 2, "drop_rate": 0.0}
+    cfg = {
+        **GPT_CONFIG_124M,
+        "vocab_size": VOCAB,
+        "context_length": 16,
+        "emb_dim": 32,
+        "n_layers": 2,
+        "n_heads": 2,
+        "drop_rate": 0.0,
+    }
     return {**cfg, **overrides}
 
 
-def tiny_model(course, seed: int = 0, **overrides) -> nn.Module:
+def tiny_model(seed: int = 0, **overrides) -> nn.Module:
     torch.manual_seed(seed)
-    return course.GPTModel(tiny_cfg(course, **overrides))
+    return GPTModel(tiny_cfg(**overrides))
 
 
 class FixedLogits(nn.Module):
@@ -58,23 +80,23 @@ def random_loader(n: int = 12, t: int = 16, batch_size: int = 2, shuffle: bool =
 # --- text <-> token IDs ---------------------------------------------------------------------
 
 
-def test_text_token_round_trip(course, gpt2_tokenizer):
-    ids = course.text_to_token_ids("Every effort moves you<|endoftext|>", gpt2_tokenizer)
+def test_text_token_round_trip(gpt2_tokenizer):
+    ids = text_to_token_ids("Every effort moves you<|endoftext|>", gpt2_tokenizer)
     assert ids.shape == (1, 5) and ids[0, -1].item() == 50256
-    assert course.token_ids_to_text(ids, gpt2_tokenizer) == "Every effort moves you<|endoftext|>"
-    assert course.token_ids_to_text(ids[0], gpt2_tokenizer) == "Every effort moves you<|endoftext|>"
+    assert token_ids_to_text(ids, gpt2_tokenizer) == "Every effort moves you<|endoftext|>"
+    assert token_ids_to_text(ids[0], gpt2_tokenizer) == "Every effort moves you<|endoftext|>"
     with pytest.raises(ValueError):
-        course.token_ids_to_text(ids.repeat(2, 1), gpt2_tokenizer)
+        token_ids_to_text(ids.repeat(2, 1), gpt2_tokenizer)
 
 
 # --- losses ----------------------------------------------------------------------------------
 
 
-def test_loss_and_perplexity_equal_torch_cross_entropy(course):
-    model = tiny_model(course).eval()
+def test_loss_and_perplexity_equal_torch_cross_entropy():
+    model = tiny_model().eval()
     x, y = torch.randint(0, VOCAB, (2, 2, 16))
     with torch.no_grad():
-        loss = course.calc_loss_batch(x, y, model, torch.device("cpu"))
+        loss = calc_loss_batch(x, y, model, torch.device("cpu"))
         logits = model(x)  # (2, 16, V)
     log_probs = torch.log_softmax(logits, dim=-1)
     by_hand = -log_probs.gather(-1, y.unsqueeze(-1)).mean()  # negative mean log-prob of the targets
@@ -83,46 +105,54 @@ def test_loss_and_perplexity_equal_torch_cross_entropy(course):
     assert math.exp(loss.item()) == pytest.approx(torch.exp(by_hand).item(), rel=1e-6)
 
 
-def test_calc_loss_loader_averages_batches(course):
-    model = tiny_model(course).eval()
+def test_calc_loss_loader_averages_batches():
+    model = tiny_model().eval()
     loader = random_loader(n=6, shuffle=False)  # 3 batches
     with torch.no_grad():
-        losses = [course.calc_loss_batch(x, y, model, "cpu").item() for x, y in loader]
-        assert course.calc_loss_loader(loader, model, "cpu") == pytest.approx(sum(losses) / 3)
-        two = course.calc_loss_loader(loader, model, "cpu", num_batches=2)
+        losses = [calc_loss_batch(x, y, model, "cpu").item() for x, y in loader]
+        assert calc_loss_loader(loader, model, "cpu") == pytest.approx(sum(losses) / 3)
+        two = calc_loss_loader(loader, model, "cpu", num_batches=2)
         assert two == pytest.approx(sum(losses[:2]) / 2)
-        assert course.calc_loss_loader(loader, model, "cpu", num_batches=99) == pytest.approx(sum(losses) / 3)
+        assert calc_loss_loader(loader, model, "cpu", num_batches=99) == pytest.approx(sum(losses) / 3)
 
 
-def test_calc_loss_loader_on_empty_loader_errors_clearly(course):
+def test_calc_loss_loader_on_empty_loader_errors_clearly():
     nothing = torch.zeros(0, 16, dtype=torch.long)
     empty = DataLoader(TensorDataset(nothing, nothing))
     with pytest.raises(ValueError, match="no batches"):
-        course.calc_loss_loader(empty, tiny_model(course), "cpu")
+        calc_loss_loader(empty, tiny_model(), "cpu")
 
 
-def test_one_adamw_step_lowers_the_loss(course):
-    model = tiny_model(course)
+def test_one_adamw_step_lowers_the_loss():
+    model = tiny_model()
     x, y = torch.randint(0, VOCAB, (2, 2, 16))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
-    before = course.calc_loss_batch(x, y, model, "cpu")
+    before = calc_loss_batch(x, y, model, "cpu")
     optimizer.zero_grad()
     before.backward()
     optimizer.step()
     with torch.no_grad():
-        after = course.calc_loss_batch(x, y, model, "cpu")
+        after = calc_loss_batch(x, y, model, "cpu")
     assert after.item() < before.item() - 1e-3
 
 
-def test_train_model_simple_logs_and_learns(course, gpt2_tokenizer, capsys):
+def test_train_model_simple_logs_and_learns(gpt2_tokenizer, capsys):
     torch.manual_seed(0)
-    model = course.GPTModel(tiny_cfg(course, vocab_size=50257))
+    model = GPTModel(tiny_cfg(vocab_size=50257))
     data = torch.randint(0, 200, (8, 17))
     loader = DataLoader(TensorDataset(data[:, :-1], data[:, 1:]), batch_size=2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    train, val, seen = course.train_model_simple(
-        model, loader, loader, optimizer, "cpu", num_epochs=2, eval_freq=2, eval_iter=1,
-        start_context="Hello", tokenizer=gpt2_tokenizer,
+    train, val, seen = train_model_simple(
+        model,
+        loader,
+        loader,
+        optimizer,
+        "cpu",
+        num_epochs=2,
+        eval_freq=2,
+        eval_iter=1,
+        start_context="Hello",
+        tokenizer=gpt2_tokenizer,
     )
     assert len(train) == len(val) == len(seen) == 4  # steps 0, 2, 4, 6 of 8
     assert seen == [32, 96, 160, 224]
@@ -134,80 +164,80 @@ def test_train_model_simple_logs_and_learns(course, gpt2_tokenizer, capsys):
 # --- decoding --------------------------------------------------------------------------------
 
 
-def test_temperature_zero_equals_greedy_and_generate_text_simple(course):
-    model = tiny_model(course).eval()
+def test_temperature_zero_equals_greedy_and_generate_text_simple():
+    model = tiny_model().eval()
     idx = torch.randint(0, VOCAB, (3, 5))
-    simple = course.generate_text_simple(model, idx, max_new_tokens=8, context_size=16)
-    assert torch.equal(course.generate(model, idx, 8, 16), simple)
-    assert torch.equal(course.generate(model, idx, 8, 16, temperature=0.0, top_k=4), simple)
+    simple = generate_text_simple(model, idx, max_new_tokens=8, context_size=16)
+    assert torch.equal(generate(model, idx, 8, 16), simple)
+    assert torch.equal(generate(model, idx, 8, 16, temperature=0.0, top_k=4), simple)
     torch.manual_seed(1)
-    assert torch.equal(course.generate(model, idx, 8, 16, temperature=1.0, top_k=1), simple)
+    assert torch.equal(generate(model, idx, 8, 16, temperature=1.0, top_k=1), simple)
 
 
-def test_temperature_towards_zero_approaches_greedy(course):
+def test_temperature_towards_zero_approaches_greedy():
     logits = torch.linspace(-2.0, 2.0, 20)[torch.randperm(20, generator=torch.Generator().manual_seed(0))]
     model = FixedLogits(logits)
     idx = torch.zeros(500, 1, dtype=torch.long)
     best = logits.argmax().item()
     torch.manual_seed(0)
-    cold = course.generate(model, idx, 1, 4, temperature=1e-3)[:, -1]
+    cold = generate(model, idx, 1, 4, temperature=1e-3)[:, -1]
     assert (cold == best).all()
-    hot = course.generate(model, idx, 1, 4, temperature=5.0)[:, -1]
+    hot = generate(model, idx, 1, 4, temperature=5.0)[:, -1]
     assert len(hot.unique()) > 10  # a high temperature spreads the samples
 
 
-def test_top_k_never_samples_outside_the_k_best(course):
+def test_top_k_never_samples_outside_the_k_best():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(50, generator=g)
     model = FixedLogits(logits)
     allowed = set(torch.topk(logits, 5).indices.tolist())
     torch.manual_seed(0)
-    out = course.generate(model, torch.zeros(4000, 1, dtype=torch.long), 1, 4, temperature=10.0, top_k=5)
+    out = generate(model, torch.zeros(4000, 1, dtype=torch.long), 1, 4, temperature=10.0, top_k=5)
     sampled = set(out[:, -1].tolist())
     assert sampled <= allowed
     assert sampled == allowed  # at a high temperature all five occur in 4000 draws
 
 
-def test_generation_stops_at_end_of_text(course):
+def test_generation_stops_at_end_of_text():
     model = Successor(vocab=10)
     idx = torch.tensor([[2]])
-    out = course.generate(model, idx, max_new_tokens=20, context_size=4, eos_id=5)
+    out = generate(model, idx, max_new_tokens=20, context_size=4, eos_id=5)
     assert out.tolist() == [[2, 3, 4, 5]]  # stops right after producing eos, which is kept
-    assert course.generate(model, idx, max_new_tokens=20, context_size=4).shape == (1, 21)
+    assert generate(model, idx, max_new_tokens=20, context_size=4).shape == (1, 21)
 
 
-def test_generation_in_a_batch_stops_when_every_row_finished(course):
+def test_generation_in_a_batch_stops_when_every_row_finished():
     model = Successor(vocab=10)
-    out = course.generate(model, torch.tensor([[3], [0]]), max_new_tokens=20, context_size=4, eos_id=5)
+    out = generate(model, torch.tensor([[3], [0]]), max_new_tokens=20, context_size=4, eos_id=5)
     # row 0 reaches 5 after 2 tokens and is then padded with eos; row 1 needs 5 tokens
     assert out.tolist() == [[3, 4, 5, 5, 5, 5], [0, 1, 2, 3, 4, 5]]
 
 
-def test_generate_rejects_bad_arguments(course):
+def test_generate_rejects_bad_arguments():
     model = Successor()
     with pytest.raises(ValueError):
-        course.generate(model, torch.tensor([1, 2]), 1, 4)
+        generate(model, torch.tensor([1, 2]), 1, 4)
     with pytest.raises(ValueError):
-        course.generate(model, torch.tensor([[1]]), 1, 4, temperature=-1.0)
+        generate(model, torch.tensor([[1]]), 1, 4, temperature=-1.0)
     with pytest.raises(ValueError):
-        course.generate(model, torch.tensor([[1]]), 1, 4, top_k=0)
+        generate(model, torch.tensor([[1]]), 1, 4, top_k=0)
 
 
 # --- checkpoints -----------------------------------------------------------------------------
 
 
-def test_save_load_gives_identical_logits_and_optimizer_state(course, tmp_path):
-    model = tiny_model(course, seed=0)
+def test_save_load_gives_identical_logits_and_optimizer_state(tmp_path):
+    model = tiny_model(seed=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, y = torch.randint(0, VOCAB, (2, 2, 16))
-    course.calc_loss_batch(x, y, model, "cpu").backward()
+    calc_loss_batch(x, y, model, "cpu").backward()
     optimizer.step()
     path = tmp_path / "sub" / "ckpt.pth"
-    course.save_checkpoint(path, model, optimizer, step=7, note="hello")
+    save_checkpoint(path, model, optimizer, step=7, note="hello")
 
-    restored = tiny_model(course, seed=1)  # different initial weights
+    restored = tiny_model(seed=1)  # different initial weights
     restored_opt = torch.optim.AdamW(restored.parameters(), lr=1e-3)
-    extras = course.load_checkpoint(path, restored, restored_opt)
+    extras = load_checkpoint(path, restored, restored_opt)
     assert extras == {"step": 7, "note": "hello"}
     model.eval()
     restored.eval()
@@ -217,16 +247,16 @@ def test_save_load_gives_identical_logits_and_optimizer_state(course, tmp_path):
     assert saved.keys() == loaded.keys()
     assert all(torch.equal(saved[k]["exp_avg"], loaded[k]["exp_avg"]) for k in saved)
 
-    course.save_checkpoint(tmp_path / "model-only.pth", model, None)
+    save_checkpoint(tmp_path / "model-only.pth", model, None)
     with pytest.raises(ValueError, match="no optimizer state"):
-        course.load_checkpoint(tmp_path / "model-only.pth", restored, restored_opt)
+        load_checkpoint(tmp_path / "model-only.pth", restored, restored_opt)
 
 
 # --- learning-rate schedule and train_model ----------------------------------------------------
 
 
-def test_lr_at_step_warmup_and_cosine_endpoints(course):
-    lr = course.lr_at_step
+def test_lr_at_step_warmup_and_cosine_endpoints():
+    lr = lr_at_step
     total, warmup, peak, low = 50, 10, 1e-3, 1e-5
     assert lr(0, total, warmup, peak, low) == pytest.approx(peak / warmup)
     assert lr(warmup - 1, total, warmup, peak, low) == pytest.approx(peak)
@@ -236,60 +266,68 @@ def test_lr_at_step_warmup_and_cosine_endpoints(course):
     mid = warmup + (total - 1 - warmup) / 2
     assert lr(int(mid), total, warmup, peak, low) == pytest.approx((peak + low) / 2, rel=0.05)
     values = [lr(s, total, warmup, peak, low) for s in range(total)]
-    assert all(a < b for a, b in zip(values[:warmup - 1], values[1:warmup]))
-    assert all(a >= b for a, b in zip(values[warmup:-1], values[warmup + 1:]))
+    assert all(a < b for a, b in zip(values[: warmup - 1], values[1:warmup]))
+    assert all(a >= b for a, b in zip(values[warmup:-1], values[warmup + 1 :]))
     assert lr(0, total, 0, peak, low) == pytest.approx(peak)  # no warmup
     with pytest.raises(ValueError):
         lr(0, 10, 11, peak, low)
 
 
-def test_epoch_batches_order_depends_only_on_seed_and_epoch(course):
+def test_epoch_batches_order_depends_only_on_seed_and_epoch():
     ds = random_loader(n=10).dataset
-    first = [x for x, _ in course.epoch_batches(ds, 3, seed=5, epoch=2)]
+    first = [x for x, _ in epoch_batches(ds, 3, seed=5, epoch=2)]
     torch.manual_seed(999)  # the global RNG must not matter
-    again = [x for x, _ in course.epoch_batches(ds, 3, seed=5, epoch=2)]
-    other = [x for x, _ in course.epoch_batches(ds, 3, seed=5, epoch=3)]
+    again = [x for x, _ in epoch_batches(ds, 3, seed=5, epoch=2)]
+    other = [x for x, _ in epoch_batches(ds, 3, seed=5, epoch=3)]
     assert len(first) == 3 and all(torch.equal(a, b) for a, b in zip(first, again))
     assert not all(torch.equal(a, b) for a, b in zip(first, other))
-    assert len(list(course.epoch_batches(ds, 3, 5, 0, drop_last=False))) == 4
+    assert len(list(epoch_batches(ds, 3, 5, 0, drop_last=False))) == 4
 
 
-def _train(course, loader, **kwargs):
-    model = tiny_model(course, seed=0, drop_rate=0.1)  # dropout on: the RNG state matters
+def _train(loader, **kwargs):
+    model = tiny_model(seed=0, drop_rate=0.1)  # dropout on: the RNG state matters
     optimizer = torch.optim.AdamW(model.parameters(), weight_decay=0.1)
-    args = dict(num_epochs=3, eval_freq=3, eval_iter=2, peak_lr=2e-3, min_lr=1e-4, warmup_steps=3,
-                seed=7, verbose=False)
+    args = dict(
+        num_epochs=3,
+        eval_freq=3,
+        eval_iter=2,
+        peak_lr=2e-3,
+        min_lr=1e-4,
+        warmup_steps=3,
+        seed=7,
+        verbose=False,
+    )
     return model, optimizer, {**args, **kwargs}
 
 
-def test_train_model_follows_the_schedule_and_clips(course):
+def test_train_model_follows_the_schedule_and_clips():
     loader = random_loader(n=10)
-    model, optimizer, args = _train(course, loader)
-    state = course.train_model(model, loader, loader, optimizer, "cpu", **args)
+    model, optimizer, args = _train(loader)
+    state = train_model(model, loader, loader, optimizer, "cpu", **args)
     total = 3 * 5
     assert state["step"] == total and len(state["history"]["batch_losses"]) == total
-    assert state["history"]["lrs"] == [course.lr_at_step(s, total, 3, 2e-3, 1e-4) for s in range(total)]
+    assert state["history"]["lrs"] == [lr_at_step(s, total, 3, 2e-3, 1e-4) for s in range(total)]
     assert state["history"]["steps"] == [0, 3, 6, 9, 12]
     assert state["tokens_seen"] == total * 2 * 16
 
 
-def test_resume_from_checkpoint_continues_exactly(course, tmp_path):
+def test_resume_from_checkpoint_continues_exactly(tmp_path):
     loader = random_loader(n=10)
-    model_a, opt_a, args = _train(course, loader)
+    model_a, opt_a, args = _train(loader)
     torch.manual_seed(42)
-    full = course.train_model(model_a, loader, loader, opt_a, "cpu", **args)
+    full = train_model(model_a, loader, loader, opt_a, "cpu", **args)
 
-    model_b, opt_b, _ = _train(course, loader)
+    model_b, opt_b, _ = _train(loader)
     torch.manual_seed(42)
-    first = course.train_model(model_b, loader, loader, opt_b, "cpu", stop_at_step=7, **args)
+    first = train_model(model_b, loader, loader, opt_b, "cpu", stop_at_step=7, **args)
     assert first["step"] == 7  # stopped in the middle of epoch 2
-    course.save_checkpoint(tmp_path / "resume.pth", model_b, opt_b, **first)
+    save_checkpoint(tmp_path / "resume.pth", model_b, opt_b, **first)
     del model_b, opt_b
 
     torch.manual_seed(12345)  # anything may happen to the RNG between the runs
-    model_c, opt_c, _ = _train(course, loader)
-    state = course.load_checkpoint(tmp_path / "resume.pth", model_c, opt_c)
-    rest = course.train_model(model_c, loader, loader, opt_c, "cpu", state=state, **args)
+    model_c, opt_c, _ = _train(loader)
+    state = load_checkpoint(tmp_path / "resume.pth", model_c, opt_c)
+    rest = train_model(model_c, loader, loader, opt_c, "cpu", state=state, **args)
 
     assert rest["history"]["batch_losses"] == full["history"]["batch_losses"]  # bitwise equal
     assert rest["history"]["val_losses"] == full["history"]["val_losses"]
@@ -299,9 +337,9 @@ def test_resume_from_checkpoint_continues_exactly(course, tmp_path):
         assert torch.equal(a, c)
 
 
-def test_resume_with_a_different_run_length_is_refused(course):
+def test_resume_with_a_different_run_length_is_refused():
     loader = random_loader(n=10)
-    model, optimizer, args = _train(course, loader)
-    state = course.train_model(model, loader, loader, optimizer, "cpu", stop_at_step=2, **args)
+    model, optimizer, args = _train(loader)
+    state = train_model(model, loader, loader, optimizer, "cpu", stop_at_step=2, **args)
     with pytest.raises(ValueError, match="cannot resume"):
-        course.train_model(model, loader, loader, optimizer, "cpu", state=state, **{**args, "num_epochs": 4})
+        train_model(model, loader, loader, optimizer, "cpu", state=state, **{**args, "num_epochs": 4})

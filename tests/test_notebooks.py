@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = sorted(
-    p for p in ROOT.glob("ch*_*/*.ipynb") if ".ipynb_checkpoints" not in p.parts
-)
+NOTEBOOKS = sorted(p for p in ROOT.glob("ch*_*/*.ipynb") if ".ipynb_checkpoints" not in p.parts)
 MACHINE_PATH = re.compile(r"/(work|tmp|root|home|Users|content)/[A-Za-z0-9_.-]+")
 
 
@@ -51,8 +49,10 @@ def test_stored_outputs_come_from_one_clean_run(notebook):
         counts.append(cell["execution_count"])
         for out in cell.get("outputs", []):
             assert out["output_type"] != "error", f"{path.name}: stored error output"
-            text = json.dumps({k: v for k, v in out.items() if k != "data"} | {
-                "data": {k: v for k, v in out.get("data", {}).items() if not k.startswith("image/")}})
+            text = json.dumps(
+                {k: v for k, v in out.items() if k != "data"}
+                | {"data": {k: v for k, v in out.get("data", {}).items() if not k.startswith("image/")}}
+            )
             assert not MACHINE_PATH.search(text), f"{path.name}: machine path {MACHINE_PATH.search(text)[0]}"
     assert counts == list(range(1, len(counts) + 1)), f"{path.name}: execution counts not 1..N"
 
@@ -66,8 +66,11 @@ def test_title_numbered_sections_and_exercises(notebook):
         assert re.search(rf"^## {n}\.1 ", markdown, re.M), f"{path.name}: sections numbered {n}.1, ..."
     assert re.search(r"^## .*Exercises", markdown, re.M), f"{path.name}: has an Exercises section"
     # worked solutions: code that ran, after the Exercises heading
-    start = next(i for i, c in enumerate(nb["cells"])
-                 if c["cell_type"] == "markdown" and re.search(r"^## .*Exercises", _src(c), re.M))
+    start = next(
+        i
+        for i, c in enumerate(nb["cells"])
+        if c["cell_type"] == "markdown" and re.search(r"^## .*Exercises", _src(c), re.M)
+    )
     solved = [c for c in nb["cells"][start:] if c["cell_type"] == "code" and c.get("outputs")]
     assert solved, f"{path.name}: exercises need worked solutions (code with output)"
 

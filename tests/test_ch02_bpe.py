@@ -6,6 +6,7 @@ import unicodedata
 
 import pytest
 
+from gpt_from_scratch.ch02 import BytePairTokenizer, GPTDataset, byte_to_unicode_map, gpt2_pretokenize_pattern
 from shared.data import fetch, read_text
 from shared.registry import GUTENBERG_BOOKS
 
@@ -29,13 +30,13 @@ TRICKY = [
 
 
 @pytest.fixture(scope="module")
-def gpt2_bpe(course):
+def gpt2_bpe():
     files = fetch("encoder.json", quiet=True), fetch("vocab.bpe", quiet=True)
-    return course.BytePairTokenizer.from_gpt2_files(*files)
+    return BytePairTokenizer.from_gpt2_files(*files)
 
 
-def test_byte_map(course):
-    mapping = course.byte_to_unicode_map()
+def test_byte_map():
+    mapping = byte_to_unicode_map()
     assert sorted(mapping) == list(range(256))
     assert len(set(mapping.values())) == 256
     assert mapping[ord(" ")] == "Ġ" and mapping[ord("\n")] == "Ċ" and mapping[ord("A")] == "A"
@@ -74,17 +75,17 @@ def test_special_tokens(gpt2_bpe, gpt2_tokenizer):
     assert 50256 not in gpt2_bpe.encode(text)
 
 
-def test_pattern_matches_regex_module_on_every_assigned_code_point(course):
+def test_pattern_matches_regex_module_on_every_assigned_code_point():
     regex = pytest.importorskip("regex")  # installed with tiktoken, which depends on it
     from tiktoken_ext.openai_public import r50k_pat_str
 
     assigned = [chr(cp) for cp in range(0x110000) if unicodedata.category(chr(cp)) != "Cn"]
     probe = "".join(f"a{c}1{c} {c}" for c in assigned)
-    assert course.gpt2_pretokenize_pattern().findall(probe) == regex.compile(r50k_pat_str).findall(probe)
+    assert gpt2_pretokenize_pattern().findall(probe) == regex.compile(r50k_pat_str).findall(probe)
 
 
-def test_cache_does_not_change_results(course, gpt2_bpe, verdict_text):
-    fresh = course.BytePairTokenizer(gpt2_bpe.encoder, list(gpt2_bpe.merge_ranks), gpt2_bpe.special_tokens)
+def test_cache_does_not_change_results(gpt2_bpe, verdict_text):
+    fresh = BytePairTokenizer(gpt2_bpe.encoder, list(gpt2_bpe.merge_ranks), gpt2_bpe.special_tokens)
     first = fresh.encode(verdict_text)
     assert fresh.cache  # filled
     assert fresh.encode(verdict_text) == first == gpt2_bpe.encode(verdict_text)
@@ -102,8 +103,8 @@ def test_identical_to_tiktoken_on_every_gutenberg_book(mirror, gpt2_bpe, gpt2_to
 # ---------------------------------------------------------------- training
 
 
-def test_training_tiny_text_first_merges(course):
-    bpe = course.BytePairTokenizer.train(TINY, num_merges=10)
+def test_training_tiny_text_first_merges():
+    bpe = BytePairTokenizer.train(TINY, num_merges=10)
     # worked out by hand: "e s" and "s t" occur 9 times (ties go alphabetically), then "l o", "o w" 7 times
     assert list(bpe.merge_ranks)[:5] == [("e", "s"), ("es", "t"), ("l", "o"), ("lo", "w"), ("e", "w")]
     assert bpe.encoder["est"] == 257 and bpe.encoder["low"] == 259
@@ -112,15 +113,15 @@ def test_training_tiny_text_first_merges(course):
     assert [bpe.decode([i]) for i in bpe.encode(" newest lowest")] == [" newest", " low", "est"]
 
 
-def test_training_stops_when_nothing_is_left_to_merge(course):
-    bpe = course.BytePairTokenizer.train("aaa", num_merges=50)
+def test_training_stops_when_nothing_is_left_to_merge():
+    bpe = BytePairTokenizer.train("aaa", num_merges=50)
     assert list(bpe.merge_ranks) == [("a", "a"), ("aa", "a")]
     assert bpe.encode("aaa") == [bpe.encoder["aaa"]]
 
 
-def test_trained_tokenizer_round_trip_and_determinism(course, verdict_text):
-    bpe = course.BytePairTokenizer.train(verdict_text, num_merges=60)
-    again = course.BytePairTokenizer.train(verdict_text, num_merges=60)
+def test_trained_tokenizer_round_trip_and_determinism(verdict_text):
+    bpe = BytePairTokenizer.train(verdict_text, num_merges=60)
+    again = BytePairTokenizer.train(verdict_text, num_merges=60)
     assert bpe.merge_ranks == again.merge_ranks
     first = [a + b for a, b in list(bpe.merge_ranks)[:9]]
     assert first == ["Ġt", "he", "Ġa", "in", "Ġh", "Ġs", "Ġw", "Ġo", "Ġthe"]
@@ -132,8 +133,8 @@ def test_trained_tokenizer_round_trip_and_determinism(course, verdict_text):
     assert bpe.encode("<|endoftext|>", allowed_special="all") == [bpe.special_tokens["<|endoftext|>"]]
 
 
-def test_works_as_dataset_tokenizer(course, gpt2_bpe, gpt2_tokenizer, verdict_text):
-    ours = course.GPTDataset(verdict_text, gpt2_bpe, max_length=8, stride=8)
-    theirs = course.GPTDataset(verdict_text, gpt2_tokenizer, max_length=8, stride=8)
+def test_works_as_dataset_tokenizer(gpt2_bpe, gpt2_tokenizer, verdict_text):
+    ours = GPTDataset(verdict_text, gpt2_bpe, max_length=8, stride=8)
+    theirs = GPTDataset(verdict_text, gpt2_tokenizer, max_length=8, stride=8)
     assert len(ours) == len(theirs)
     assert all((a == c).all() and (b == d).all() for (a, b), (c, d) in zip(ours, theirs))

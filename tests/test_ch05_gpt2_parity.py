@@ -18,6 +18,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
+from gpt_from_scratch.ch04 import GPTModel, generate_text_simple, gpt2_config
+from gpt_from_scratch.ch05 import load_hf_weights_into_gpt
+
 TINY = {"vocab_size": 211, "context_length": 64, "emb_dim": 48, "n_heads": 4, "n_layers": 3}
 NEW_TOKENS = 50
 
@@ -42,7 +45,7 @@ def hf_config(cfg: dict) -> GPT2Config:
     )
 
 
-def build_pair(course, cfg: dict, seed: int = 0):
+def build_pair(cfg: dict, seed: int = 0):
     """A random HF GPT-2 and a course GPTModel loaded from its state dict, both in eval mode."""
     torch.manual_seed(seed)
     hf = GPT2LMHeadModel(hf_config(cfg)).eval()
@@ -50,14 +53,14 @@ def build_pair(course, cfg: dict, seed: int = 0):
         for p in hf.parameters():  # tied lm_head/wte is one parameter, perturbed once
             p.add_(0.02 * torch.randn_like(p))
     assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()  # tied, as GPT-2
-    ours = course.GPTModel(cfg).eval()
+    ours = GPTModel(cfg).eval()
     state = hf.state_dict()
     assert any(k.startswith("transformer.h.0.attn.c_attn") for k in state)  # Hugging Face's names
-    course.load_hf_weights_into_gpt(ours, state)
+    load_hf_weights_into_gpt(ours, state)
     return hf, ours
 
 
-def check_parity(course, hf, ours, cfg: dict, seq_len: int, prompt_len: int = 6) -> None:
+def check_parity(hf, ours, cfg: dict, seq_len: int, prompt_len: int = 6) -> None:
     """Same logits on a random batch, and the same 50 greedy tokens after a short prompt."""
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, cfg["vocab_size"], (2, seq_len), generator=g)
@@ -69,7 +72,7 @@ def check_parity(course, hf, ours, cfg: dict, seq_len: int, prompt_len: int = 6)
     assert diff <= 1e-4, f"logits differ by {diff}"
 
     prompt = ids[:1, :prompt_len]
-    course_out = course.generate_text_simple(ours, prompt, NEW_TOKENS, cfg["context_length"])
+    course_out = generate_text_simple(ours, prompt, NEW_TOKENS, cfg["context_length"])
     with torch.no_grad():
         hf_out = hf.generate(
             prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=NEW_TOKENS
@@ -78,27 +81,27 @@ def check_parity(course, hf, ours, cfg: dict, seq_len: int, prompt_len: int = 6)
     assert torch.equal(course_out, hf_out)
 
 
-def test_tiny_gpt2_matches_hugging_face(course):
-    cfg = course.gpt2_config("124M", **TINY, qkv_bias=True, drop_rate=0.0)
-    hf, ours = build_pair(course, cfg)
-    check_parity(course, hf, ours, cfg, seq_len=cfg["context_length"])
+def test_tiny_gpt2_matches_hugging_face():
+    cfg = gpt2_config("124M", **TINY, qkv_bias=True, drop_rate=0.0)
+    hf, ours = build_pair(cfg)
+    check_parity(hf, ours, cfg, seq_len=cfg["context_length"])
 
 
-def test_gpt2_124m_matches_hugging_face(course):
-    cfg = course.gpt2_config("124M", qkv_bias=True, drop_rate=0.0)
+def test_gpt2_124m_matches_hugging_face():
+    cfg = gpt2_config("124M", qkv_bias=True, drop_rate=0.0)
     assert (cfg["vocab_size"], cfg["context_length"], cfg["emb_dim"]) == (50257, 1024, 768)
-    hf, ours = build_pair(course, cfg)
-    check_parity(course, hf, ours, cfg, seq_len=32, prompt_len=2)  # short: the course loop has no cache
+    hf, ours = build_pair(cfg)
+    check_parity(hf, ours, cfg, seq_len=32, prompt_len=2)  # short: the course loop has no cache
 
 
-def test_a_wrong_mapping_is_detected(course):
+def test_a_wrong_mapping_is_detected():
     """The parity check has teeth: swapping query and key weights in one block breaks it."""
-    cfg = course.gpt2_config("124M", **TINY, qkv_bias=True, drop_rate=0.0)
-    hf, ours = build_pair(course, cfg)
+    cfg = gpt2_config("124M", **TINY, qkv_bias=True, drop_rate=0.0)
+    hf, ours = build_pair(cfg)
     att = ours.trf_blocks[1].att
     with torch.no_grad():
         w = att.W_query.weight.clone()
         att.W_query.weight.copy_(att.W_key.weight)
         att.W_key.weight.copy_(w)
     with pytest.raises(AssertionError, match="logits differ"):
-        check_parity(course, hf, ours, cfg, seq_len=cfg["context_length"])
+        check_parity(hf, ours, cfg, seq_len=cfg["context_length"])

@@ -15,6 +15,15 @@ import time
 import pytest
 import torch
 
+from gpt_from_scratch.ch04 import GPTModel, gpt2_config
+from gpt_from_scratch.ch05 import (
+    assign,
+    gpt2_config_from_hparams,
+    load_gpt2_params_from_tf_ckpt,
+    load_hf_gpt2_state,
+    load_hf_weights_into_gpt,
+    load_weights_into_gpt,
+)
 from shared.gpt2_checkpoints import write_hf_safetensors, write_openai_tf_checkpoint
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,10 +35,10 @@ OPENAI_FILES = {"checkpoint", "hparams.json", "model.ckpt.data-00000-of-00001", 
                 "model.ckpt.meta"}  # fmt: skip
 
 
-def random_gpt(course, seed: int, **cfg):
+def random_gpt(seed: int, **cfg):
     """A course GPTModel in eval mode with every parameter random (no ones/zeros left to hide a swap)."""
     torch.manual_seed(seed)
-    model = course.GPTModel(course.gpt2_config("124M", **cfg)).eval()
+    model = GPTModel(gpt2_config("124M", **cfg)).eval()
     model.out_head.weight = model.tok_emb.weight  # tied, as in GPT-2 (its files store no head)
     with torch.no_grad():
         for p in model.parameters():
@@ -46,8 +55,8 @@ def logits(model, seed: int = 1) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def tiny(course):
-    return random_gpt(course, 0, **TINY)
+def tiny():
+    return random_gpt(0, **TINY)
 
 
 def openai_names_and_shapes(n_layers: int, vocab: int, ctx: int, emb: int) -> dict[str, list[int]]:
@@ -79,31 +88,31 @@ def test_tf_writer_matches_openais_layout(tiny, tmp_path):
     assert tf.train.load_variable(str(folder / "model.ckpt"), "model/wte").dtype.name == "float32"
 
 
-def test_tf_round_trip_gives_identical_logits(course, tiny, tmp_path):
+def test_tf_round_trip_gives_identical_logits(tiny, tmp_path):
     folder = write_openai_tf_checkpoint(tiny, tmp_path / "ckpt")
-    settings, params = course.load_gpt2_params_from_tf_ckpt(folder)
+    settings, params = load_gpt2_params_from_tf_ckpt(folder)
     assert settings == {"n_vocab": 97, "n_ctx": 24, "n_embd": 32, "n_head": 4, "n_layer": 3}
     assert len(params["blocks"]) == 3
     assert params["blocks"][0]["attn"]["c_attn"]["w"].shape == (32, 96)  # leading axis of 1 dropped
-    cfg = course.gpt2_config_from_hparams(settings, drop_rate=0.0)
-    assert cfg == course.gpt2_config("124M", **TINY)
-    fresh = random_gpt(course, 99, **TINY)
+    cfg = gpt2_config_from_hparams(settings, drop_rate=0.0)
+    assert cfg == gpt2_config("124M", **TINY)
+    fresh = random_gpt(99, **TINY)
     assert not torch.equal(logits(fresh), logits(tiny))
-    course.load_weights_into_gpt(fresh, params)
+    load_weights_into_gpt(fresh, params)
     assert torch.equal(logits(fresh), logits(tiny))
     assert torch.equal(fresh.out_head.weight, fresh.tok_emb.weight)  # weight tying: out_head = wte
     assert all(p.is_contiguous() for p in fresh.parameters())  # stored as a new layer stores them
 
 
-def test_tf_round_trip_at_124m(course, tmp_path):
+def test_tf_round_trip_at_124m(tmp_path):
     start = time.perf_counter()
-    model = random_gpt(course, 0, qkv_bias=True, drop_rate=0.0)
+    model = random_gpt(0, qkv_bias=True, drop_rate=0.0)
     folder = write_openai_tf_checkpoint(model, tmp_path / "124M")
-    settings, params = course.load_gpt2_params_from_tf_ckpt(folder)
+    settings, params = load_gpt2_params_from_tf_ckpt(folder)
     assert settings == {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12}
     del folder
-    fresh = course.GPTModel(course.gpt2_config_from_hparams(settings, drop_rate=0.0)).eval()
-    course.load_weights_into_gpt(fresh, params)
+    fresh = GPTModel(gpt2_config_from_hparams(settings, drop_rate=0.0)).eval()
+    load_weights_into_gpt(fresh, params)
     ids = torch.randint(0, 50257, (1, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(fresh(ids), model(ids))
@@ -113,96 +122,96 @@ def test_tf_round_trip_at_124m(course, tmp_path):
 
 # ------------------------------------------------------------------ Hugging Face safetensors
 @pytest.mark.parametrize("with_prefix, with_buffers", [(False, False), (True, True)])
-def test_safetensors_round_trip_gives_identical_logits(course, tiny, tmp_path, with_prefix, with_buffers):
+def test_safetensors_round_trip_gives_identical_logits(tiny, tmp_path, with_prefix, with_buffers):
     path = write_hf_safetensors(tiny, tmp_path / "model.safetensors", with_prefix, with_buffers)
-    state = course.load_hf_gpt2_state(path)
+    state = load_hf_gpt2_state(path)
     prefix = "transformer." if with_prefix else ""
     assert state[f"{prefix}h.0.attn.c_attn.weight"].shape == (32, 96)  # Conv1D: (in, out)
     assert state[f"{prefix}wte.weight"].dtype == torch.float32
-    fresh = random_gpt(course, 99, **TINY)
-    course.load_hf_weights_into_gpt(fresh, state)
+    fresh = random_gpt(99, **TINY)
+    load_hf_weights_into_gpt(fresh, state)
     assert torch.equal(logits(fresh), logits(tiny))
     assert all(p.is_contiguous() for p in fresh.parameters())  # Conv1D's (in, out) transposed, then copied
 
 
-def test_safetensors_round_trip_at_124m(course, tmp_path):
-    model = random_gpt(course, 0, qkv_bias=True, drop_rate=0.0)
+def test_safetensors_round_trip_at_124m(tmp_path):
+    model = random_gpt(0, qkv_bias=True, drop_rate=0.0)
     path = write_hf_safetensors(model, tmp_path / "model.safetensors")
-    state = course.load_hf_gpt2_state(path)
+    state = load_hf_gpt2_state(path)
     assert len(state) == 2 + 12 * 12 + 2
-    fresh = course.GPTModel(course.gpt2_config("124M", qkv_bias=True, drop_rate=0.0)).eval()
-    course.load_hf_weights_into_gpt(fresh, state)
+    fresh = GPTModel(gpt2_config("124M", qkv_bias=True, drop_rate=0.0)).eval()
+    load_hf_weights_into_gpt(fresh, state)
     ids = torch.randint(0, 50257, (1, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(fresh(ids), model(ids))
 
 
-def test_writers_refuse_an_untied_head(course, tmp_path):
-    model = random_gpt(course, 0, **TINY)
+def test_writers_refuse_an_untied_head(tmp_path):
+    model = random_gpt(0, **TINY)
     model.out_head.weight = torch.nn.Parameter(model.tok_emb.weight.detach() + 1)
     for write in (write_openai_tf_checkpoint, write_hf_safetensors):
         with pytest.raises(ValueError, match="weight tying"):
             write(model, tmp_path / "x")
 
 
-def test_lm_head_is_taken_when_present(course, tiny, tmp_path):
-    state = course.load_hf_gpt2_state(write_hf_safetensors(tiny, tmp_path / "m.safetensors"))
+def test_lm_head_is_taken_when_present(tiny, tmp_path):
+    state = load_hf_gpt2_state(write_hf_safetensors(tiny, tmp_path / "m.safetensors"))
     state["lm_head.weight"] = state["wte.weight"] * 2  # untied, so we can see which one is used
-    fresh = random_gpt(course, 99, **TINY)
-    course.load_hf_weights_into_gpt(fresh, state)
+    fresh = random_gpt(99, **TINY)
+    load_hf_weights_into_gpt(fresh, state)
     assert torch.equal(fresh.out_head.weight, state["lm_head.weight"])
     assert torch.equal(fresh.tok_emb.weight, state["wte.weight"])
 
 
 # ------------------------------------------------------------------ bad input: clear errors
-def test_unknown_model_size_lists_the_valid_ones(course):
+def test_unknown_model_size_lists_the_valid_ones():
     from shared.data import fetch_gpt2_checkpoint, fetch_gpt2_safetensors
 
-    for call in (course.gpt2_config, fetch_gpt2_checkpoint, fetch_gpt2_safetensors):
+    for call in (gpt2_config, fetch_gpt2_checkpoint, fetch_gpt2_safetensors):
         with pytest.raises(ValueError, match="125M") as err:
             call("125M")
         assert all(size in str(err.value) for size in ("124M", "355M", "774M", "1558M"))
 
 
-def test_shape_mismatch_names_the_tensor(course, tiny, tmp_path):
+def test_shape_mismatch_names_the_tensor(tiny, tmp_path):
     with pytest.raises(ValueError, match=r"h0/mlp/c_fc/w.*\(3, 4\).*\(4, 3\)"):
-        course.assign(torch.zeros(3, 4), torch.zeros(4, 3), "h0/mlp/c_fc/w")
-    _, params = course.load_gpt2_params_from_tf_ckpt(write_openai_tf_checkpoint(tiny, tmp_path / "c"))
-    shorter = random_gpt(course, 1, **{**TINY, "context_length": 16})  # wpe has 24 rows in the file
+        assign(torch.zeros(3, 4), torch.zeros(4, 3), "h0/mlp/c_fc/w")
+    _, params = load_gpt2_params_from_tf_ckpt(write_openai_tf_checkpoint(tiny, tmp_path / "c"))
+    shorter = random_gpt(1, **{**TINY, "context_length": 16})  # wpe has 24 rows in the file
     with pytest.raises(ValueError, match=r"wpe.*\(16, 32\).*\(24, 32\)"):
-        course.load_weights_into_gpt(shorter, params)
-    state = course.load_hf_gpt2_state(write_hf_safetensors(tiny, tmp_path / "m.safetensors"))
+        load_weights_into_gpt(shorter, params)
+    state = load_hf_gpt2_state(write_hf_safetensors(tiny, tmp_path / "m.safetensors"))
     state["h.1.mlp.c_fc.weight"] = state["h.1.mlp.c_fc.weight"].T
     with pytest.raises(ValueError, match=r"h1/mlp/c_fc/w"):
-        course.load_hf_weights_into_gpt(random_gpt(course, 1, **TINY), state)
+        load_hf_weights_into_gpt(random_gpt(1, **TINY), state)
 
 
-def test_wrong_architecture_is_refused(course, tiny, tmp_path):
-    _, params = course.load_gpt2_params_from_tf_ckpt(write_openai_tf_checkpoint(tiny, tmp_path / "c"))
+def test_wrong_architecture_is_refused(tiny, tmp_path):
+    _, params = load_gpt2_params_from_tf_ckpt(write_openai_tf_checkpoint(tiny, tmp_path / "c"))
     with pytest.raises(ValueError, match="qkv_bias=True"):
-        course.load_weights_into_gpt(random_gpt(course, 1, **{**TINY, "qkv_bias": False}), params)
+        load_weights_into_gpt(random_gpt(1, **{**TINY, "qkv_bias": False}), params)
     with pytest.raises(ValueError, match="3 blocks"):
-        course.load_weights_into_gpt(random_gpt(course, 1, **{**TINY, "n_layers": 2}), params)
+        load_weights_into_gpt(random_gpt(1, **{**TINY, "n_layers": 2}), params)
 
 
 @pytest.mark.parametrize("missing", ["hparams.json", "model.ckpt.index", "model.ckpt.data-00000-of-00001"])
-def test_missing_checkpoint_file_is_named(course, tiny, tmp_path, missing):
+def test_missing_checkpoint_file_is_named(tiny, tmp_path, missing):
     folder = write_openai_tf_checkpoint(tiny, tmp_path / "c")
     (folder / missing).unlink()
     with pytest.raises(FileNotFoundError, match=missing.replace(".", r"\.")):
-        course.load_gpt2_params_from_tf_ckpt(folder)
+        load_gpt2_params_from_tf_ckpt(folder)
 
 
-def test_missing_safetensors_file_is_named(course, tmp_path):
+def test_missing_safetensors_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.safetensors"):
-        course.load_hf_gpt2_state(tmp_path / "nowhere.safetensors")
+        load_hf_gpt2_state(tmp_path / "nowhere.safetensors")
 
 
-def test_unknown_or_missing_hf_keys_are_named(course, tiny, tmp_path):
-    state = course.load_hf_gpt2_state(write_hf_safetensors(tiny, tmp_path / "m.safetensors"))
-    fresh = random_gpt(course, 1, **TINY)
+def test_unknown_or_missing_hf_keys_are_named(tiny, tmp_path):
+    state = load_hf_gpt2_state(write_hf_safetensors(tiny, tmp_path / "m.safetensors"))
+    fresh = random_gpt(1, **TINY)
     with pytest.raises(KeyError, match=r"unknown \[h\.0\.attn\.c_attn\.scale\]"):
-        course.load_hf_weights_into_gpt(fresh, {**state, "h.0.attn.c_attn.scale": torch.ones(96)})
+        load_hf_weights_into_gpt(fresh, {**state, "h.0.attn.c_attn.scale": torch.ones(96)})
     del state["ln_f.bias"]
     with pytest.raises(KeyError, match=r"missing \[ln_f\.bias\]"):
-        course.load_hf_weights_into_gpt(fresh, state)
+        load_hf_weights_into_gpt(fresh, state)

@@ -8,8 +8,28 @@ from shared import tokenizer as tok
 
 # Known ids for this sentence (from the data mirror's MANIFEST, checked against tiktoken).
 SENTENCE = "Hello, do you like tea? <|endoftext|> In the sunlit terraces of someunknownPlace."
-IDS = [15496, 11, 466, 345, 588, 8887, 30, 220, 50256, 554, 262, 4252, 18250, 8812, 2114, 286, 617,
-       34680, 27271, 13]
+IDS = [
+    15496,
+    11,
+    466,
+    345,
+    588,
+    8887,
+    30,
+    220,
+    50256,
+    554,
+    262,
+    4252,
+    18250,
+    8812,
+    2114,
+    286,
+    617,
+    34680,
+    27271,
+    13,
+]
 
 
 def _check(enc: tiktoken.Encoding) -> None:

@@ -1,0 +1,255 @@
+"""Generated files equal what the generator writes; the generator does what it promises."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tools import export
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCK_COURSE = """
+import sys
+class BlockCourse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("shared", "gpt_from_scratch", "tools"):
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, BlockCourse())
+"""
+
+
+def test_generated_files_are_up_to_date():
+    stale = export.drift()
+    assert not stale, (
+        "generated files differ from the notebooks: "
+        + ", ".join(str(p.relative_to(ROOT)) for p in stale)
+        + f". Run `{export.COMMAND}` and commit the result."
+    )
+
+
+def test_previous_chapters_exactly_where_a_notebook_imports_it():
+    for chapter in export.chapter_dirs():
+        generated = (chapter / export.GENERATED).is_file()
+        assert generated == export.imports_previous_chapters(chapter), chapter.name
+
+
+@pytest.mark.parametrize(
+    "chapter", [c.name for c in export.chapter_dirs() if (c / export.GENERATED).is_file()]
+)
+def test_previous_chapters_is_self_contained(chapter, tmp_path):
+    # Copy the file alone into an empty folder and import it there, with the course's own
+    # packages blocked: it may use only the standard library and requirements.txt.
+    (tmp_path / "previous_chapters.py").write_text((ROOT / chapter / "previous_chapters.py").read_text())
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCK_COURSE + "import previous_chapters"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_self_contained_check_catches_an_import_of_the_course(tmp_path):
+    (tmp_path / "previous_chapters.py").write_text("import shared.runtime\n")
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCK_COURSE + "import previous_chapters"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0 and "blocked: shared" in result.stderr
+
+
+def test_package_modules_import_from_anywhere(tmp_path):
+    modules = sorted(p.stem for p in (ROOT / export.PACKAGE).glob("ch*.py"))
+    assert modules[0] == "ch02", modules
+    code = "; ".join(f"import {export.PACKAGE}.{m}" for m in modules)
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_every_generated_block_names_its_source():
+    for path in [*(ROOT / export.PACKAGE).glob("ch*.py"), *ROOT.glob(f"ch*/{export.GENERATED}")]:
+        text = path.read_text()
+        tree = ast.parse(text)
+        lines = text.splitlines()
+        for node in tree.body:
+            if isinstance(node, (ast.Import, ast.ImportFrom, ast.Expr)):
+                continue  # the import block and the module docstring
+            above = [ln for ln in lines[: node.lineno - 1] if ln.strip()]
+            # the nearest non-blank line above is either another statement of the same block
+            # or the block's provenance comment; at least one provenance line precedes the node
+            assert any(ln.startswith("# Source: ch") for ln in above), (path.name, node.lineno)
+        sources = [ln for ln in lines if ln.startswith("# Source: ")]
+        assert sources, path
+        for line in sources:
+            notebook = line.removeprefix("# Source: ").split(", ")[0]
+            assert (ROOT / notebook).is_file(), (path.name, line)
+
+
+def test_package_modules_import_earlier_chapters_explicitly():
+    for path in (ROOT / export.PACKAGE).glob("ch*.py"):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                assert node.module < path.stem, (path.name, node.module)
+                assert all(alias.name != "*" for alias in node.names), path.name
+
+
+def test_no_name_is_defined_by_two_export_cells():
+    assert export.defined_twice() == {}
+
+
+def test_every_exported_function_and_class_has_a_docstring():
+    missing = []
+    for chapter in export.chapter_dirs():
+        for cell in export.chapter_cells(chapter):
+            for node in ast.parse(cell.source).body:
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    if not ast.get_docstring(node):
+                        missing.append(f"{cell.notebook.name}: {node.name}")
+    assert not missing, missing
+
+
+def test_gpt2_sizes_are_listed_in_one_place():
+    # "774M" only appears where the sizes are listed (or derived); tests and prose do not count.
+    places = []
+    sources = [
+        (p.relative_to(ROOT).as_posix(), p.read_text())
+        for p in ROOT.glob("*/*.py")
+        if p.parts[-2] in ("shared", "tools", "benchmarks") or p.parent.name.startswith("ch")
+    ]
+    sources = [(name, text) for name, text in sources if not name.endswith(export.GENERATED)]
+    for chapter in export.chapter_dirs():
+        sources += [(cell.provenance(ROOT), cell.source) for cell in export.chapter_cells(chapter)]
+    for name, text in sources:
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Constant) and node.value == "774M":
+                places.append(name)
+    assert len(places) == 1, places
+
+
+def test_export_cells_never_import_course_plumbing():
+    for chapter in export.chapter_dirs():
+        for cell in export.chapter_cells(chapter):
+            assert "import shared" not in cell.source and "from shared" not in cell.source, cell.notebook
+            assert "previous_chapters" not in cell.source, cell.notebook
+
+
+def _notebook(path: Path, cells: list[tuple[str, str]]) -> None:
+    nb = {
+        "cells": [
+            {
+                "cell_type": kind,
+                "metadata": {},
+                "source": src,
+                **({"outputs": [], "execution_count": None} if kind == "code" else {}),
+            }
+            for kind, src in cells
+        ],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    path.write_text(json.dumps(nb))
+
+
+@pytest.fixture
+def toy_course(tmp_path):
+    """Three chapters with export cells, in a throwaway folder; ch03 imports previous_chapters."""
+    for name, cells in {
+        "ch01_intro": [
+            ("markdown", "# One\n\n## 1.1 Circles"),
+            ("code", "#| export\nimport math\n\nTAU = 2 * math.pi"),
+        ],
+        "ch02_more": [
+            ("markdown", "## 2.3 Areas"),
+            (
+                "code",
+                "#| export\nimport math\nfrom functools import reduce\n\n\ndef area(r):\n"
+                '    """Area."""\n    return TAU / 2 * r * r',
+            ),
+            ("code", "not_exported = 1"),
+        ],
+        "ch03_last": [("code", "from previous_chapters import area"), ("code", "#| export\nLAST = 3")],
+    }.items():
+        (tmp_path / name).mkdir()
+        _notebook(tmp_path / name / f"{name[:4]}.ipynb", cells)
+    return tmp_path
+
+
+def test_generator_writes_package_and_previous_chapters(toy_course):
+    files = export.planned_files(toy_course)
+    ch02 = files[toy_course / export.PACKAGE / "ch02.py"]
+    assert "from .ch01 import TAU" in ch02 and "def area" in ch02 and "not_exported" not in ch02
+    assert "# Source: ch02_more/ch02.ipynb, 2.3 Areas" in ch02
+    assert toy_course / "ch02_more" / export.GENERATED not in files, "ch02 does not import it"
+    ch03 = files[toy_course / "ch03_last" / export.GENERATED]
+    assert "AUTOGENERATED by `python -m tools.export`" in ch03
+    assert "TAU" in ch03 and "def area" in ch03 and "LAST" not in ch03 and "not_exported" not in ch03
+    assert ch03.count("import math") == 1, "imports are gathered once at the top"
+    assert ch03.index("import math") < ch03.index("ch01_intro/ch01.ipynb, 1.1 Circles")
+    assert ch03.index("1.1 Circles") < ch03.index("2.3 Areas")
+    namespace: dict = {}
+    exec(ch03, namespace)
+    assert namespace["area"](1.0) == pytest.approx(3.14159, rel=1e-5)
+
+
+def test_a_name_defined_twice_is_refused(toy_course, capsys, monkeypatch):
+    _notebook(toy_course / "ch03_last" / "ch03.ipynb", [("code", "#| export\nTAU = 6.28")])
+    assert export.defined_twice(toy_course) == {
+        "TAU": ["ch01_intro/ch01.ipynb, 1.1 Circles", "ch03_last/ch03.ipynb"]
+    }
+    with pytest.raises(export.ExportError, match="TAU"):
+        export.planned_files(toy_course)
+
+
+def test_drift_is_detected_and_fixed(toy_course):
+    for path, text in export.planned_files(toy_course).items():
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert export.drift(toy_course) == []
+    target = toy_course / "ch03_last" / export.GENERATED
+    target.write_text(target.read_text() + "\n# a hand edit\n")
+    assert export.drift(toy_course) == [target]
+    package_file = toy_course / export.PACKAGE / "ch02.py"
+    package_file.write_text(package_file.read_text().replace("r * r", "r * r * r"))
+    assert export.drift(toy_course) == [package_file, target]
+
+
+def test_a_generated_file_no_longer_needed_is_drift(toy_course):
+    for path, text in export.planned_files(toy_course).items():
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    orphan = toy_course / "ch02_more" / export.GENERATED
+    orphan.write_text("# left over\n")
+    assert export.drift(toy_course) == [orphan]
+
+
+def test_check_command_names_the_fix(toy_course, monkeypatch, capsys):
+    monkeypatch.setattr(export, "ROOT", toy_course)
+    monkeypatch.setattr(export, "drift", lambda root=toy_course: [toy_course / "ch02_more" / "x.py"])
+    assert export.main(["--check"]) == 1
+    assert "Run `python -m tools.export`" in capsys.readouterr().out
+
+
+def test_setup_cells_come_from_the_one_template():
+    from shared.colab import REPO_URL, setup_cell
+
+    for chapter in export.chapter_dirs():
+        for notebook in export.chapter_notebooks(chapter):
+            nb = json.loads(notebook.read_text())
+            first = next(c for c in nb["cells"] if c["cell_type"] == "code")
+            assert "".join(first["source"]) == setup_cell(chapter.name), notebook
+            assert "nbval-ignore-output" in first["metadata"]["tags"]
+    hits = [
+        p
+        for p in ROOT.rglob("*")
+        if p.suffix in (".py", ".sh") and ".venv" not in p.parts and REPO_URL in p.read_text(errors="ignore")
+    ]
+    assert [p.relative_to(ROOT).as_posix() for p in hits] == ["shared/colab.py"]
