@@ -48,8 +48,14 @@ def build_hf_model():
 
     transformers.logging.set_verbosity_error()
     config = GPT2Config(
-        n_positions=1024, n_embd=768, n_layer=12, n_head=12, vocab_size=50257,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        n_positions=1024,
+        n_embd=768,
+        n_layer=12,
+        n_head=12,
+        vocab_size=50257,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )
     torch.manual_seed(SEED)
     return GPT2LMHeadModel(config).eval()
@@ -107,8 +113,13 @@ def main() -> None:
         "KV cache (`generate_text_cached`)": lambda k: ch04.generate_text_cached(model, prompt, k, ctx),
         "KV cache, products through `nn.Linear` (`MATVEC_MAX_ROWS = 0`)": cached_through_layers,
         "Hugging Face `generate` (use_cache=True)": lambda k: hf.generate(
-            prompt, attention_mask=torch.ones_like(prompt), do_sample=False, use_cache=True,
-            max_new_tokens=k, min_new_tokens=k, pad_token_id=END_OF_TEXT_ID,
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            do_sample=False,
+            use_cache=True,
+            max_new_tokens=k,
+            min_new_tokens=k,
+            pad_token_id=END_OF_TEXT_ID,
         ),
     }
 
@@ -138,9 +149,11 @@ def main() -> None:
     versions = f"torch {torch.__version__}, transformers {transformers.__version__}"
     print(f"Python {platform.python_version()}, {versions}  ")
     print(f"Load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f}  ")
-    print(f"GPT-2 124M, random weights, batch 1, prompt {PROMPT_TOKENS} tokens, {n} new tokens, "
-          f"float32 on CPU; best of {args.repeats} runs ({args.uncached_repeats} without a cache), "
-          "median in brackets. Every timed run produced the same tokens.\n")
+    print(
+        f"GPT-2 124M, random weights, batch 1, prompt {PROMPT_TOKENS} tokens, {n} new tokens, "
+        f"float32 on CPU; best of {args.repeats} runs ({args.uncached_repeats} without a cache), "
+        "median in brackets. Every timed run produced the same tokens.\n"
+    )
     print("| method | seconds | tokens/s | vs. no cache | vs. Hugging Face |")
     print("|---|---:|---:|---:|---:|")
     med = {name: statistics.median(ts) for name, ts in times.items()}
@@ -150,9 +163,11 @@ def main() -> None:
             f"{best[uncached] / best[name]:.2f}x | {best[hf_name] / best[name]:.2f}x |"
         )
     for label, t in (("best runs", best), ("medians", med)):
-        print(f"\n{label}: KV cache vs. no cache {t[uncached] / t[cached]:.2f}x (target >= 5x); "
-              f"KV cache vs. Hugging Face {t[hf_name] / t[cached]:.2f}x (target >= 1.2x), "
-              f"{t[hf_name] / t[through_layers]:.2f}x with every product through nn.Linear")
+        print(
+            f"\n{label}: KV cache vs. no cache {t[uncached] / t[cached]:.2f}x (target >= 5x); "
+            f"KV cache vs. Hugging Face {t[hf_name] / t[cached]:.2f}x (target >= 1.2x), "
+            f"{t[hf_name] / t[through_layers]:.2f}x with every product through nn.Linear"
+        )
 
 
 if __name__ == "__main__":

@@ -93,8 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     set_seed(args.seed)
     idx = text_to_token_ids(args.prompt, tokenizer).to(device)
     out = generate(
-        model, idx, max_new_tokens=args.max_new_tokens, context_size=model.cfg["context_length"],
-        temperature=args.temperature, top_k=args.top_k, eos_id=END_OF_TEXT_ID,
+        model,
+        idx,
+        max_new_tokens=args.max_new_tokens,
+        context_size=model.cfg["context_length"],
+        temperature=args.temperature,
+        top_k=args.top_k,
+        eos_id=END_OF_TEXT_ID,
     )
     print(token_ids_to_text(out.cpu(), tokenizer))
     return 0

@@ -42,8 +42,18 @@ from gpt_from_scratch.ch05 import (
 
 TINY = {"emb_dim": 64, "n_layers": 2, "n_heads": 2, "context_length": 64}
 RUN_ARGS = (  # what defines a run; restored from the checkpoint on --resume
-    "text", "model", "context_length", "drop_rate", "epochs", "batch_size", "lr", "min_lr",
-    "warmup", "weight_decay", "seed", "val_ratio",
+    "text",
+    "model",
+    "context_length",
+    "drop_rate",
+    "epochs",
+    "batch_size",
+    "lr",
+    "min_lr",
+    "warmup",
+    "weight_decay",
+    "seed",
+    "val_ratio",
 )
 CHECKPOINT = "last.pth"
 
@@ -126,12 +136,22 @@ def main(argv: list[str] | None = None) -> int:
 
     set_seed(args.seed)
     train_loader = create_dataloader(
-        text[:split], tokenizer, batch_size=args.batch_size, max_length=ctx, stride=ctx,
-        shuffle=True, drop_last=True,
+        text[:split],
+        tokenizer,
+        batch_size=args.batch_size,
+        max_length=ctx,
+        stride=ctx,
+        shuffle=True,
+        drop_last=True,
     )
     val_loader = create_dataloader(
-        text[split:], tokenizer, batch_size=args.batch_size, max_length=ctx, stride=ctx,
-        shuffle=False, drop_last=False,
+        text[split:],
+        tokenizer,
+        batch_size=args.batch_size,
+        max_length=ctx,
+        stride=ctx,
+        shuffle=False,
+        drop_last=False,
     )
     model = GPTModel(cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -149,8 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{steps_per_epoch} steps per epoch, {total} steps in all; training until step {end}")
 
     schedule = dict(
-        num_epochs=args.epochs, eval_freq=args.eval_freq, eval_iter=args.eval_iter, peak_lr=args.lr,
-        min_lr=args.min_lr, warmup_steps=min(args.warmup, total), seed=args.seed,
+        num_epochs=args.epochs,
+        eval_freq=args.eval_freq,
+        eval_iter=args.eval_iter,
+        peak_lr=args.lr,
+        min_lr=args.min_lr,
+        warmup_steps=min(args.warmup, total),
+        seed=args.seed,
     )
     step = 0 if state is None else state["step"]
     start = time.time()
@@ -158,8 +183,15 @@ def main(argv: list[str] | None = None) -> int:
         while step < end:
             stop = min(end, (step // args.save_every + 1) * args.save_every)
             state = train_model(
-                model, train_loader, val_loader, optimizer, device, **schedule,
-                state=state, stop_at_step=stop, verbose=False,
+                model,
+                train_loader,
+                val_loader,
+                optimizer,
+                device,
+                **schedule,
+                state=state,
+                stop_at_step=stop,
+                verbose=False,
             )
             bar.update(state["step"] - step)
             step = state["step"]

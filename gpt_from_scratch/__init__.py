@@ -5,6 +5,8 @@
     ch03
     ch04
     ch05
+    ch06
+    ch07
 
 Example: ``from gpt_from_scratch.ch04 import GPTModel``.
 """

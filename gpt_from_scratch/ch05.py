@@ -344,10 +344,19 @@ def load_hf_weights_into_gpt(gpt: nn.Module, state_dict: dict[str, torch.Tensor]
     state = {k.removeprefix("transformer."): v for k, v in state_dict.items()}
     n_layers = len(gpt.trf_blocks)
     layer_keys = [
-        "ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
-        "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
-        "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias",
-    ]  # fmt: skip
+        "ln_1.weight",
+        "ln_1.bias",
+        "attn.c_attn.weight",
+        "attn.c_attn.bias",
+        "attn.c_proj.weight",
+        "attn.c_proj.bias",
+        "ln_2.weight",
+        "ln_2.bias",
+        "mlp.c_fc.weight",
+        "mlp.c_fc.bias",
+        "mlp.c_proj.weight",
+        "mlp.c_proj.bias",
+    ]
     expected = {"wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"}
     expected |= {f"h.{i}.{k}" for i in range(n_layers) for k in layer_keys}
     not_weights = {k for k in state if k.endswith((".attn.bias", ".attn.masked_bias"))}  # causal masks
@@ -388,7 +397,7 @@ def load_hf_weights_into_gpt(gpt: nn.Module, state_dict: dict[str, torch.Tensor]
 
 # Source: ch05_pretraining/ch05.ipynb, 5.5.6 Loading the real GPT-2 and generating text
 def load_gpt2_model(path: str | os.PathLike, size: str = "124M") -> GPTModel:
-    """GPT-2 ``size`` in eval mode, loaded from OpenAI's checkpoint folder or a Hugging Face safetensors file."""
+    """GPT-2 ``size`` in eval mode, from OpenAI's checkpoint folder or a Hugging Face safetensors file."""
     cfg = gpt2_config(size, qkv_bias=True, context_length=1024, drop_rate=0.0)  # checks the size
     model = GPTModel(cfg)
     path = Path(path)

@@ -90,10 +90,17 @@ def _download(url: str, part: Path, quiet: bool, timeout: float) -> None:
         length = response.headers.get("Content-Length")
         total = start + int(length) if length else None
         mode = "ab" if start else "wb"
-        with open(part, mode) as fh, tqdm(
-            total=total, initial=start, unit="B", unit_scale=True, desc=part.name.removesuffix(".part"),
-            disable=quiet,
-        ) as bar:
+        with (
+            open(part, mode) as fh,
+            tqdm(
+                total=total,
+                initial=start,
+                unit="B",
+                unit_scale=True,
+                desc=part.name.removesuffix(".part"),
+                disable=quiet,
+            ) as bar,
+        ):
             for block in iter(lambda: response.read(CHUNK), b""):
                 fh.write(block)
                 bar.update(len(block))

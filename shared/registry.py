@@ -30,7 +30,8 @@ class RemoteFile:
     note: str = ""
 
 
-def _files() -> dict[str, RemoteFile]:
+def _entries() -> list[RemoteFile]:
+    """Every file the course downloads, in the order they are listed."""
     files = [
         RemoteFile(
             "the-verdict.txt",
@@ -119,7 +120,16 @@ def _files() -> dict[str, RemoteFile]:
                 note="revised by Project Gutenberg from time to time: no checksum",
             )
         )
-    return {f.name: f for f in files}
+    return files
+
+
+def _index(entries: list[RemoteFile]) -> dict[str, RemoteFile]:
+    """Entries by name; a name listed twice is an error (a dict would keep only the last)."""
+    names = [e.name for e in entries]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"course files registered more than once: {', '.join(twice)}")
+    return {e.name: e for e in entries}
 
 
 # eBook numbers: Frankenstein, A Tale of Two Cities, The Phantom of the Opera, Dracula, Little
@@ -140,4 +150,4 @@ GPT2_CKPT_FILES = (
 # Hugging Face repositories of the same sizes, smallest first.
 GPT2_HF_REPOS = dict(zip(GPT2_SIZES, ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"), strict=True))
 
-FILES: dict[str, RemoteFile] = _files()
+FILES: dict[str, RemoteFile] = _index(_entries())

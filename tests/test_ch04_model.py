@@ -18,18 +18,20 @@ from gpt_from_scratch.ch04 import (
     gpt2_config,
 )
 
-TINY = dict(
-    vocab_size=97, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=False
-)
+
+@pytest.fixture(scope="module")
+def small_cfg(tiny_cfg):
+    """The suite's tiny configuration."""
+    return tiny_cfg()
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()
-def tiny_model():
+def tiny_model(small_cfg):
     torch.manual_seed(0)
-    return GPTModel(TINY).eval()
+    return GPTModel(small_cfg).eval()
 
 
 def test_layernorm_matches_torch():
@@ -53,11 +55,11 @@ def test_gelu_matches_torch_tanh_approximation():
     torch.testing.assert_close(GELU()(x), expected, atol=1e-6, rtol=1e-6)
 
 
-def test_shapes(tiny_model):
+def test_shapes(small_cfg, tiny_model):
     x = torch.rand(2, 5, 32)
-    assert FeedForward(TINY)(x).shape == x.shape
-    assert FeedForward(TINY).layers[0].out_features == 4 * 32
-    assert TransformerBlock(TINY).eval()(x).shape == x.shape
+    assert FeedForward(small_cfg)(x).shape == x.shape
+    assert FeedForward(small_cfg).layers[0].out_features == 4 * 32
+    assert TransformerBlock(small_cfg).eval()(x).shape == x.shape
     idx = torch.randint(0, 97, (3, 7))
     assert tiny_model(idx).shape == (3, 7, 97)
 
@@ -104,15 +106,15 @@ def test_gpt2_config_wrong_key():
         gpt2_config("124M", context_lenght=256)
 
 
-def test_check_config_catches_missing_and_unknown_keys():
-    cfg = dict(TINY)
+def test_check_config_catches_missing_and_unknown_keys(small_cfg):
+    cfg = dict(small_cfg)
     del cfg["qkv_bias"]
     with pytest.raises(KeyError, match="qkv_bias"):
         check_config(cfg)
     with pytest.raises(KeyError, match="n_head"):
-        check_config({**TINY, "n_head": 4})
+        check_config({**small_cfg, "n_head": 4})
     with pytest.raises(KeyError):
-        GPTModel({**TINY, "dropout": 0.1})
+        GPTModel({**small_cfg, "dropout": 0.1})
 
 
 def test_generate_is_greedy_and_appends(tiny_model):

@@ -29,10 +29,20 @@ from shared.gpt2_checkpoints import write_hf_safetensors, write_openai_tf_checkp
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-TINY = {"vocab_size": 97, "context_length": 24, "emb_dim": 32, "n_heads": 4, "n_layers": 3,
-        "qkv_bias": True, "drop_rate": 0.0}  # fmt: skip
-OPENAI_FILES = {"checkpoint", "hparams.json", "model.ckpt.data-00000-of-00001", "model.ckpt.index",
-                "model.ckpt.meta"}  # fmt: skip
+
+@pytest.fixture(scope="module")
+def small_cfg(tiny_cfg):
+    """The suite's tiny configuration, deeper and with GPT-2's query/key/value biases."""
+    return tiny_cfg(context_length=24, n_layers=3, qkv_bias=True)
+
+
+OPENAI_FILES = {
+    "checkpoint",
+    "hparams.json",
+    "model.ckpt.data-00000-of-00001",
+    "model.ckpt.index",
+    "model.ckpt.meta",
+}
 
 
 def random_gpt(seed: int, **cfg):
@@ -55,8 +65,8 @@ def logits(model, seed: int = 1) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return random_gpt(0, **TINY)
+def tiny(small_cfg):
+    return random_gpt(0, **small_cfg)
 
 
 def openai_names_and_shapes(n_layers: int, vocab: int, ctx: int, emb: int) -> dict[str, list[int]]:
@@ -64,13 +74,22 @@ def openai_names_and_shapes(n_layers: int, vocab: int, ctx: int, emb: int) -> di
     names = {"model/wte": [vocab, emb], "model/wpe": [ctx, emb], "model/ln_f/g": [emb], "model/ln_f/b": [emb]}
     for i in range(n_layers):
         h = f"model/h{i}"
-        names.update({
-            f"{h}/ln_1/g": [emb], f"{h}/ln_1/b": [emb], f"{h}/ln_2/g": [emb], f"{h}/ln_2/b": [emb],
-            f"{h}/attn/c_attn/w": [1, emb, 3 * emb], f"{h}/attn/c_attn/b": [3 * emb],
-            f"{h}/attn/c_proj/w": [1, emb, emb], f"{h}/attn/c_proj/b": [emb],
-            f"{h}/mlp/c_fc/w": [1, emb, 4 * emb], f"{h}/mlp/c_fc/b": [4 * emb],
-            f"{h}/mlp/c_proj/w": [1, 4 * emb, emb], f"{h}/mlp/c_proj/b": [emb],
-        })  # fmt: skip
+        names.update(
+            {
+                f"{h}/ln_1/g": [emb],
+                f"{h}/ln_1/b": [emb],
+                f"{h}/ln_2/g": [emb],
+                f"{h}/ln_2/b": [emb],
+                f"{h}/attn/c_attn/w": [1, emb, 3 * emb],
+                f"{h}/attn/c_attn/b": [3 * emb],
+                f"{h}/attn/c_proj/w": [1, emb, emb],
+                f"{h}/attn/c_proj/b": [emb],
+                f"{h}/mlp/c_fc/w": [1, emb, 4 * emb],
+                f"{h}/mlp/c_fc/b": [4 * emb],
+                f"{h}/mlp/c_proj/w": [1, 4 * emb, emb],
+                f"{h}/mlp/c_proj/b": [emb],
+            }
+        )
     return names
 
 
@@ -88,15 +107,15 @@ def test_tf_writer_matches_openais_layout(tiny, tmp_path):
     assert tf.train.load_variable(str(folder / "model.ckpt"), "model/wte").dtype.name == "float32"
 
 
-def test_tf_round_trip_gives_identical_logits(tiny, tmp_path):
+def test_tf_round_trip_gives_identical_logits(small_cfg, tiny, tmp_path):
     folder = write_openai_tf_checkpoint(tiny, tmp_path / "ckpt")
     settings, params = load_gpt2_params_from_tf_ckpt(folder)
     assert settings == {"n_vocab": 97, "n_ctx": 24, "n_embd": 32, "n_head": 4, "n_layer": 3}
     assert len(params["blocks"]) == 3
     assert params["blocks"][0]["attn"]["c_attn"]["w"].shape == (32, 96)  # leading axis of 1 dropped
     cfg = gpt2_config_from_hparams(settings, drop_rate=0.0)
-    assert cfg == gpt2_config("124M", **TINY)
-    fresh = random_gpt(99, **TINY)
+    assert cfg == gpt2_config("124M", **small_cfg)
+    fresh = random_gpt(99, **small_cfg)
     assert not torch.equal(logits(fresh), logits(tiny))
     load_weights_into_gpt(fresh, params)
     assert torch.equal(logits(fresh), logits(tiny))
@@ -122,13 +141,13 @@ def test_tf_round_trip_at_124m(tmp_path):
 
 # ------------------------------------------------------------------ Hugging Face safetensors
 @pytest.mark.parametrize("with_prefix, with_buffers", [(False, False), (True, True)])
-def test_safetensors_round_trip_gives_identical_logits(tiny, tmp_path, with_prefix, with_buffers):
+def test_safetensors_round_trip_gives_identical_logits(small_cfg, tiny, tmp_path, with_prefix, with_buffers):
     path = write_hf_safetensors(tiny, tmp_path / "model.safetensors", with_prefix, with_buffers)
     state = load_hf_gpt2_state(path)
     prefix = "transformer." if with_prefix else ""
     assert state[f"{prefix}h.0.attn.c_attn.weight"].shape == (32, 96)  # Conv1D: (in, out)
     assert state[f"{prefix}wte.weight"].dtype == torch.float32
-    fresh = random_gpt(99, **TINY)
+    fresh = random_gpt(99, **small_cfg)
     load_hf_weights_into_gpt(fresh, state)
     assert torch.equal(logits(fresh), logits(tiny))
     assert all(p.is_contiguous() for p in fresh.parameters())  # Conv1D's (in, out) transposed, then copied
@@ -146,18 +165,18 @@ def test_safetensors_round_trip_at_124m(tmp_path):
         assert torch.equal(fresh(ids), model(ids))
 
 
-def test_writers_refuse_an_untied_head(tmp_path):
-    model = random_gpt(0, **TINY)
+def test_writers_refuse_an_untied_head(small_cfg, tmp_path):
+    model = random_gpt(0, **small_cfg)
     model.out_head.weight = torch.nn.Parameter(model.tok_emb.weight.detach() + 1)
     for write in (write_openai_tf_checkpoint, write_hf_safetensors):
         with pytest.raises(ValueError, match="weight tying"):
             write(model, tmp_path / "x")
 
 
-def test_lm_head_is_taken_when_present(tiny, tmp_path):
+def test_lm_head_is_taken_when_present(small_cfg, tiny, tmp_path):
     state = load_hf_gpt2_state(write_hf_safetensors(tiny, tmp_path / "m.safetensors"))
     state["lm_head.weight"] = state["wte.weight"] * 2  # untied, so we can see which one is used
-    fresh = random_gpt(99, **TINY)
+    fresh = random_gpt(99, **small_cfg)
     load_hf_weights_into_gpt(fresh, state)
     assert torch.equal(fresh.out_head.weight, state["lm_head.weight"])
     assert torch.equal(fresh.tok_emb.weight, state["wte.weight"])
@@ -173,25 +192,25 @@ def test_unknown_model_size_lists_the_valid_ones():
         assert all(size in str(err.value) for size in ("124M", "355M", "774M", "1558M"))
 
 
-def test_shape_mismatch_names_the_tensor(tiny, tmp_path):
+def test_shape_mismatch_names_the_tensor(small_cfg, tiny, tmp_path):
     with pytest.raises(ValueError, match=r"h0/mlp/c_fc/w.*\(3, 4\).*\(4, 3\)"):
         assign(torch.zeros(3, 4), torch.zeros(4, 3), "h0/mlp/c_fc/w")
     _, params = load_gpt2_params_from_tf_ckpt(write_openai_tf_checkpoint(tiny, tmp_path / "c"))
-    shorter = random_gpt(1, **{**TINY, "context_length": 16})  # wpe has 24 rows in the file
+    shorter = random_gpt(1, **{**small_cfg, "context_length": 16})  # wpe has 24 rows in the file
     with pytest.raises(ValueError, match=r"wpe.*\(16, 32\).*\(24, 32\)"):
         load_weights_into_gpt(shorter, params)
     state = load_hf_gpt2_state(write_hf_safetensors(tiny, tmp_path / "m.safetensors"))
     state["h.1.mlp.c_fc.weight"] = state["h.1.mlp.c_fc.weight"].T
     with pytest.raises(ValueError, match=r"h1/mlp/c_fc/w"):
-        load_hf_weights_into_gpt(random_gpt(1, **TINY), state)
+        load_hf_weights_into_gpt(random_gpt(1, **small_cfg), state)
 
 
-def test_wrong_architecture_is_refused(tiny, tmp_path):
+def test_wrong_architecture_is_refused(small_cfg, tiny, tmp_path):
     _, params = load_gpt2_params_from_tf_ckpt(write_openai_tf_checkpoint(tiny, tmp_path / "c"))
     with pytest.raises(ValueError, match="qkv_bias=True"):
-        load_weights_into_gpt(random_gpt(1, **{**TINY, "qkv_bias": False}), params)
+        load_weights_into_gpt(random_gpt(1, **{**small_cfg, "qkv_bias": False}), params)
     with pytest.raises(ValueError, match="3 blocks"):
-        load_weights_into_gpt(random_gpt(1, **{**TINY, "n_layers": 2}), params)
+        load_weights_into_gpt(random_gpt(1, **{**small_cfg, "n_layers": 2}), params)
 
 
 @pytest.mark.parametrize("missing", ["hparams.json", "model.ckpt.index", "model.ckpt.data-00000-of-00001"])
@@ -207,9 +226,9 @@ def test_missing_safetensors_file_is_named(tmp_path):
         load_hf_gpt2_state(tmp_path / "nowhere.safetensors")
 
 
-def test_unknown_or_missing_hf_keys_are_named(tiny, tmp_path):
+def test_unknown_or_missing_hf_keys_are_named(small_cfg, tiny, tmp_path):
     state = load_hf_gpt2_state(write_hf_safetensors(tiny, tmp_path / "m.safetensors"))
-    fresh = random_gpt(1, **TINY)
+    fresh = random_gpt(1, **small_cfg)
     with pytest.raises(KeyError, match=r"unknown \[h\.0\.attn\.c_attn\.scale\]"):
         load_hf_weights_into_gpt(fresh, {**state, "h.0.attn.c_attn.scale": torch.ones(96)})
     del state["ln_f.bias"]

@@ -21,7 +21,13 @@ from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 from gpt_from_scratch.ch04 import GPTModel, generate_text_simple, gpt2_config
 from gpt_from_scratch.ch05 import load_hf_weights_into_gpt
 
-TINY = {"vocab_size": 211, "context_length": 64, "emb_dim": 48, "n_heads": 4, "n_layers": 3}
+
+@pytest.fixture(scope="module")
+def small_cfg(tiny_cfg):
+    """The suite's tiny configuration, wider and deeper, with GPT-2's query/key/value biases."""
+    return tiny_cfg(vocab_size=211, context_length=64, emb_dim=48, n_layers=3, qkv_bias=True)
+
+
 NEW_TOKENS = 50
 
 
@@ -81,8 +87,8 @@ def check_parity(hf, ours, cfg: dict, seq_len: int, prompt_len: int = 6) -> None
     assert torch.equal(course_out, hf_out)
 
 
-def test_tiny_gpt2_matches_hugging_face():
-    cfg = gpt2_config("124M", **TINY, qkv_bias=True, drop_rate=0.0)
+def test_tiny_gpt2_matches_hugging_face(small_cfg):
+    cfg = gpt2_config("124M", **small_cfg)
     hf, ours = build_pair(cfg)
     check_parity(hf, ours, cfg, seq_len=cfg["context_length"])
 
@@ -94,9 +100,9 @@ def test_gpt2_124m_matches_hugging_face():
     check_parity(hf, ours, cfg, seq_len=32, prompt_len=2)  # short: the course loop has no cache
 
 
-def test_a_wrong_mapping_is_detected():
+def test_a_wrong_mapping_is_detected(small_cfg):
     """The parity check has teeth: swapping query and key weights in one block breaks it."""
-    cfg = gpt2_config("124M", **TINY, qkv_bias=True, drop_rate=0.0)
+    cfg = gpt2_config("124M", **small_cfg)
     hf, ours = build_pair(cfg)
     att = ours.trf_blocks[1].att
     with torch.no_grad():

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from gpt_from_scratch.ch04 import GPT_CONFIG_124M, GPTModel, generate_text_simple
+from gpt_from_scratch.ch04 import GPTModel, generate_text_simple
 from gpt_from_scratch.ch05 import (
     calc_loss_batch,
     calc_loss_loader,
@@ -28,23 +28,18 @@ from gpt_from_scratch.ch05 import (
 VOCAB = 97
 
 
-def tiny_cfg(**overrides) -> dict:
-    """A small GPT configuration (small vocabulary, so every test runs in well under a second)."""
-    cfg = {
-        **GPT_CONFIG_124M,
-        "vocab_size": VOCAB,
-        "context_length": 16,
-        "emb_dim": 32,
-        "n_layers": 2,
-        "n_heads": 2,
-        "drop_rate": 0.0,
-    }
-    return {**cfg, **overrides}
+@pytest.fixture(scope="module")
+def small_cfg(tiny_cfg):
+    """The suite's tiny configuration with two heads (small vocabulary: each test takes under a second)."""
+    cfg = tiny_cfg(n_heads=2)
+    assert cfg["vocab_size"] == VOCAB
+    return cfg
 
 
-def tiny_model(seed: int = 0, **overrides) -> nn.Module:
+def tiny_model(cfg: dict, seed: int = 0, **overrides) -> nn.Module:
+    """A fresh GPTModel of ``cfg`` (with ``overrides``), its weights drawn from ``seed``."""
     torch.manual_seed(seed)
-    return GPTModel(tiny_cfg(**overrides))
+    return GPTModel({**cfg, **overrides})
 
 
 class FixedLogits(nn.Module):
@@ -92,8 +87,8 @@ def test_text_token_round_trip(gpt2_tokenizer):
 # --- losses ----------------------------------------------------------------------------------
 
 
-def test_loss_and_perplexity_equal_torch_cross_entropy():
-    model = tiny_model().eval()
+def test_loss_and_perplexity_equal_torch_cross_entropy(small_cfg):
+    model = tiny_model(small_cfg).eval()
     x, y = torch.randint(0, VOCAB, (2, 2, 16))
     with torch.no_grad():
         loss = calc_loss_batch(x, y, model, torch.device("cpu"))
@@ -105,8 +100,8 @@ def test_loss_and_perplexity_equal_torch_cross_entropy():
     assert math.exp(loss.item()) == pytest.approx(torch.exp(by_hand).item(), rel=1e-6)
 
 
-def test_calc_loss_loader_averages_batches():
-    model = tiny_model().eval()
+def test_calc_loss_loader_averages_batches(small_cfg):
+    model = tiny_model(small_cfg).eval()
     loader = random_loader(n=6, shuffle=False)  # 3 batches
     with torch.no_grad():
         losses = [calc_loss_batch(x, y, model, "cpu").item() for x, y in loader]
@@ -116,15 +111,15 @@ def test_calc_loss_loader_averages_batches():
         assert calc_loss_loader(loader, model, "cpu", num_batches=99) == pytest.approx(sum(losses) / 3)
 
 
-def test_calc_loss_loader_on_empty_loader_errors_clearly():
+def test_calc_loss_loader_on_empty_loader_errors_clearly(small_cfg):
     nothing = torch.zeros(0, 16, dtype=torch.long)
     empty = DataLoader(TensorDataset(nothing, nothing))
     with pytest.raises(ValueError, match="no batches"):
-        calc_loss_loader(empty, tiny_model(), "cpu")
+        calc_loss_loader(empty, tiny_model(small_cfg), "cpu")
 
 
-def test_one_adamw_step_lowers_the_loss():
-    model = tiny_model()
+def test_one_adamw_step_lowers_the_loss(small_cfg):
+    model = tiny_model(small_cfg)
     x, y = torch.randint(0, VOCAB, (2, 2, 16))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     before = calc_loss_batch(x, y, model, "cpu")
@@ -136,9 +131,9 @@ def test_one_adamw_step_lowers_the_loss():
     assert after.item() < before.item() - 1e-3
 
 
-def test_train_model_simple_logs_and_learns(gpt2_tokenizer, capsys):
+def test_train_model_simple_logs_and_learns(small_cfg, gpt2_tokenizer, capsys):
     torch.manual_seed(0)
-    model = GPTModel(tiny_cfg(vocab_size=50257))
+    model = GPTModel({**small_cfg, "vocab_size": 50257})
     data = torch.randint(0, 200, (8, 17))
     loader = DataLoader(TensorDataset(data[:, :-1], data[:, 1:]), batch_size=2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -164,8 +159,8 @@ def test_train_model_simple_logs_and_learns(gpt2_tokenizer, capsys):
 # --- decoding --------------------------------------------------------------------------------
 
 
-def test_temperature_zero_equals_greedy_and_generate_text_simple():
-    model = tiny_model().eval()
+def test_temperature_zero_equals_greedy_and_generate_text_simple(small_cfg):
+    model = tiny_model(small_cfg).eval()
     idx = torch.randint(0, VOCAB, (3, 5))
     simple = generate_text_simple(model, idx, max_new_tokens=8, context_size=16)
     assert torch.equal(generate(model, idx, 8, 16), simple)
@@ -226,8 +221,8 @@ def test_generate_rejects_bad_arguments():
 # --- checkpoints -----------------------------------------------------------------------------
 
 
-def test_save_load_gives_identical_logits_and_optimizer_state(tmp_path):
-    model = tiny_model(seed=0)
+def test_save_load_gives_identical_logits_and_optimizer_state(small_cfg, tmp_path):
+    model = tiny_model(small_cfg, seed=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, y = torch.randint(0, VOCAB, (2, 2, 16))
     calc_loss_batch(x, y, model, "cpu").backward()
@@ -235,7 +230,7 @@ def test_save_load_gives_identical_logits_and_optimizer_state(tmp_path):
     path = tmp_path / "sub" / "ckpt.pth"
     save_checkpoint(path, model, optimizer, step=7, note="hello")
 
-    restored = tiny_model(seed=1)  # different initial weights
+    restored = tiny_model(small_cfg, seed=1)  # different initial weights
     restored_opt = torch.optim.AdamW(restored.parameters(), lr=1e-3)
     extras = load_checkpoint(path, restored, restored_opt)
     assert extras == {"step": 7, "note": "hello"}
@@ -284,8 +279,8 @@ def test_epoch_batches_order_depends_only_on_seed_and_epoch():
     assert len(list(epoch_batches(ds, 3, 5, 0, drop_last=False))) == 4
 
 
-def _train(loader, **kwargs):
-    model = tiny_model(seed=0, drop_rate=0.1)  # dropout on: the RNG state matters
+def _train(small_cfg, loader, **kwargs):
+    model = tiny_model(small_cfg, seed=0, drop_rate=0.1)  # dropout on: the RNG state matters
     optimizer = torch.optim.AdamW(model.parameters(), weight_decay=0.1)
     args = dict(
         num_epochs=3,
@@ -300,9 +295,9 @@ def _train(loader, **kwargs):
     return model, optimizer, {**args, **kwargs}
 
 
-def test_train_model_follows_the_schedule_and_clips():
+def test_train_model_follows_the_schedule_and_clips(small_cfg):
     loader = random_loader(n=10)
-    model, optimizer, args = _train(loader)
+    model, optimizer, args = _train(small_cfg, loader)
     state = train_model(model, loader, loader, optimizer, "cpu", **args)
     total = 3 * 5
     assert state["step"] == total and len(state["history"]["batch_losses"]) == total
@@ -311,13 +306,13 @@ def test_train_model_follows_the_schedule_and_clips():
     assert state["tokens_seen"] == total * 2 * 16
 
 
-def test_resume_from_checkpoint_continues_exactly(tmp_path):
+def test_resume_from_checkpoint_continues_exactly(small_cfg, tmp_path):
     loader = random_loader(n=10)
-    model_a, opt_a, args = _train(loader)
+    model_a, opt_a, args = _train(small_cfg, loader)
     torch.manual_seed(42)
     full = train_model(model_a, loader, loader, opt_a, "cpu", **args)
 
-    model_b, opt_b, _ = _train(loader)
+    model_b, opt_b, _ = _train(small_cfg, loader)
     torch.manual_seed(42)
     first = train_model(model_b, loader, loader, opt_b, "cpu", stop_at_step=7, **args)
     assert first["step"] == 7  # stopped in the middle of epoch 2
@@ -325,7 +320,7 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path):
     del model_b, opt_b
 
     torch.manual_seed(12345)  # anything may happen to the RNG between the runs
-    model_c, opt_c, _ = _train(loader)
+    model_c, opt_c, _ = _train(small_cfg, loader)
     state = load_checkpoint(tmp_path / "resume.pth", model_c, opt_c)
     rest = train_model(model_c, loader, loader, opt_c, "cpu", state=state, **args)
 
@@ -337,9 +332,9 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path):
         assert torch.equal(a, c)
 
 
-def test_resume_with_a_different_run_length_is_refused():
+def test_resume_with_a_different_run_length_is_refused(small_cfg):
     loader = random_loader(n=10)
-    model, optimizer, args = _train(loader)
+    model, optimizer, args = _train(small_cfg, loader)
     state = train_model(model, loader, loader, optimizer, "cpu", stop_at_step=2, **args)
     with pytest.raises(ValueError, match="cannot resume"):
         train_model(model, loader, loader, optimizer, "cpu", state=state, **{**args, "num_epochs": 4})

@@ -7,7 +7,6 @@ import http.server
 import socket
 import threading
 import zipfile
-from pathlib import Path
 
 import pytest
 
@@ -210,10 +209,12 @@ def test_gpt2_size_is_validated():
 
 
 def test_registry_urls_are_https_and_names_unique():
-    for name, entry in registry.FILES.items():
-        assert name == entry.name
-        assert entry.urls and all(u.startswith("https://") for u in entry.urls), name
-    assert Path(registry.__file__).is_file()
+    entries = registry._entries()
+    for entry in entries:
+        assert entry.urls and all(u.startswith("https://") for u in entry.urls), entry.name
+    assert len(registry.FILES) == len(entries), "a name is registered twice"
+    with pytest.raises(ValueError, match="more than once: the-verdict.txt"):
+        registry._index([entries[0], entries[1], entries[0]])
 
 
 def test_gutenberg_books_are_registered_and_read_like_the_mirror(tmp_path, monkeypatch):

@@ -209,7 +209,7 @@ def test_a_name_defined_twice_is_refused(toy_course, capsys, monkeypatch):
         export.planned_files(toy_course)
 
 
-def test_drift_is_detected_and_fixed(toy_course):
+def test_drift_is_detected(toy_course):
     for path, text in export.planned_files(toy_course).items():
         path.parent.mkdir(exist_ok=True)
         path.write_text(text)
@@ -220,6 +220,16 @@ def test_drift_is_detected_and_fixed(toy_course):
     package_file = toy_course / export.PACKAGE / "ch02.py"
     package_file.write_text(package_file.read_text().replace("r * r", "r * r * r"))
     assert export.drift(toy_course) == [package_file, target]
+
+
+def test_the_command_fixes_drift(toy_course, monkeypatch, capsys):
+    monkeypatch.setattr(export, "ROOT", toy_course)
+    assert export.main(["--check"]) == 1, "nothing generated yet"
+    assert export.main([]) == 0
+    assert "wrote gpt_from_scratch/ch02.py" in capsys.readouterr().out
+    assert export.drift(toy_course) == [] and export.main(["--check"]) == 0
+    (toy_course / "ch03_last" / export.GENERATED).write_text("# a hand edit\n")
+    assert export.main([]) == 0 and export.drift(toy_course) == []
 
 
 def test_a_generated_file_no_longer_needed_is_drift(toy_course):
@@ -233,9 +243,9 @@ def test_a_generated_file_no_longer_needed_is_drift(toy_course):
 
 def test_check_command_names_the_fix(toy_course, monkeypatch, capsys):
     monkeypatch.setattr(export, "ROOT", toy_course)
-    monkeypatch.setattr(export, "drift", lambda root=toy_course: [toy_course / "ch02_more" / "x.py"])
     assert export.main(["--check"]) == 1
-    assert "Run `python -m tools.export`" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "out of date: gpt_from_scratch/ch02.py" in out and "Run `python -m tools.export`" in out
 
 
 def test_setup_cells_come_from_the_one_template():

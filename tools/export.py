@@ -190,7 +190,11 @@ def _import_block(imports: list[str]) -> str:
 def _ruff(args: list[str], text: str, filename: str) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "ruff", *args, "--stdin-filename", filename, "-"],
-        input=text, capture_output=True, text=True, cwd=ROOT, check=False,
+        input=text,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
     )
     if result.returncode != 0:
         hint = "install requirements-test.txt" if "No module named ruff" in result.stderr else "see above"
@@ -339,8 +343,11 @@ def stale_generated(root: Path = ROOT) -> list[Path]:
 
 def drift(root: Path = ROOT) -> list[Path]:
     """Generated files whose contents differ from what the generator would write, or that should go."""
-    stale = [p for p, text in planned_files(root).items()
-             if not p.exists() or p.read_text(encoding="utf-8") != text]
+    stale = [
+        p
+        for p, text in planned_files(root).items()
+        if not p.exists() or p.read_text(encoding="utf-8") != text
+    ]
     return stale + stale_generated(root)
 
 
@@ -349,22 +356,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="report drift, write nothing")
     args = parser.parse_args(argv)
+    root = ROOT
     try:
         if args.check:
-            stale = drift()
+            stale = drift(root)
             for path in stale:
-                print(f"out of date: {path.relative_to(ROOT)}")
+                print(f"out of date: {path.relative_to(root)}")
             if stale:
                 print(f"Run `{COMMAND}` to regenerate.")
             return 1 if stale else 0
-        for path in stale_generated():
+        for path in stale_generated(root):
             path.unlink()
-            print(f"removed {path.relative_to(ROOT)}")
-        for path, text in planned_files().items():
+            print(f"removed {path.relative_to(root)}")
+        for path, text in planned_files(root).items():
             if not path.exists() or path.read_text(encoding="utf-8") != text:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text, encoding="utf-8")
-                print(f"wrote {path.relative_to(ROOT)}")
+                print(f"wrote {path.relative_to(root)}")
     except ExportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
