@@ -143,7 +143,7 @@ def main() -> None:
     best = {name: min(ts) for name, ts in times.items()}
     names = list(methods)
     uncached, cached, through_layers, hf_name = names
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"Date: {date}  ")
     print(f"Machine: {cpu_name()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}  ")
     versions = f"torch {torch.__version__}, transformers {transformers.__version__}"

@@ -26,7 +26,15 @@ CHUNK = 1 << 16
 
 
 class DownloadError(RuntimeError):
-    """A course file could not be obtained from any place; the message says what to do."""
+    """A course file could not be obtained from any place; the message says what to do.
+
+    Raised where it may be caught in the middle of another error (tiktoken's failed download, say),
+    it hides that chained context: the course's own message is the one a learner needs to read.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.__suppress_context__ = True  # as `raise ... from None`, wherever it is raised
 
 
 def cache_dir() -> Path:
@@ -150,13 +158,40 @@ def fetch(name: str, *, quiet: bool = False, timeout: float = 30.0) -> Path:
         part.unlink(missing_ok=True)  # a complete but wrong file is useless for resuming
         tried.append(f"{url}: downloaded file is corrupt ({problem})")
 
+    others = [n for n in _needed_with(name) if _local_copy(FILES[n]) is None]
+    raise DownloadError(_failure_message(entry, target, tried, others))
+
+
+def _needed_with(name: str) -> list[str]:
+    """Registered files that are only useful together with ``name`` (tokenizer pair, checkpoint parts)."""
+    if name in ("encoder.json", "vocab.bpe"):
+        return [n for n in ("encoder.json", "vocab.bpe") if n != name]
+    if name.startswith("gpt2/") and name.count("/") == 2:
+        size = name.split("/")[1]
+        return [f"gpt2/{size}/{part}" for part in GPT2_CKPT_FILES if f"gpt2/{size}/{part}" != name]
+    return []
+
+
+def _local_copy(entry: RemoteFile) -> Path | None:
+    """A good copy of ``entry`` in the cache or the mirror (nothing is downloaded), or None."""
+    mirror = mirror_dir()
+    places = [cache_dir() / entry.name, *(_mirror_candidates(entry, mirror) if mirror else [])]
+    return next((p for p in places if verify(p, entry) is None), None)
+
+
+def _failure_message(entry: RemoteFile, target: Path, tried: list[str], others: list[str]) -> str:
+    """What went wrong for ``entry`` (and which companion files are missing too), and how to fix it."""
     places = "\n".join(f"  - {line}" for line in tried)
-    raise DownloadError(
-        f"Could not get the course file {entry.name!r}. Places tried:\n{places}\n"
+    names = [entry.name, *others]
+    also = f" Also missing, and needed with it: {', '.join(repr(n) for n in others)}." if others else ""
+    return (
+        f"Could not get the course file {entry.name!r}.{also}\nPlaces tried for {entry.name!r}:\n{places}\n"
         "How to fix it:\n"
-        f"  - online: check the connection (a proxy is used if HTTPS_PROXY is set) and run again;\n"
-        f"  - offline: set COURSE_DATA_MIRROR to a folder that holds {entry.name!r}, or\n"
-        f"    download {entry.urls[0]} yourself and save it as {target}."
+        "  - online: check the connection (a proxy is used if HTTPS_PROXY is set) and run the cell again;\n"
+        f"  - offline: put {', '.join(repr(n) for n in names)} in a folder and set COURSE_DATA_MIRROR to it\n"
+        "    BEFORE starting JupyterLab, or in the notebook with `%env COURSE_DATA_MIRROR=/path/to/folder`,\n"
+        "    then run the cell again;\n"
+        f"  - or download {entry.urls[0]} yourself and save it as {target}."
     )
 
 

@@ -29,14 +29,36 @@ def pick(full: T, quick: T) -> T:
     return quick if is_quick() else full
 
 
-def mode_banner() -> str:
-    """One line saying which mode this run is in."""
+# What full mode costs, per chapter folder, on a laptop CPU (the stored outputs come from full mode).
+FULL_MODE_COST = {
+    "ch01_llms": "seconds; nothing in this chapter depends on the mode",
+    "ch02_text_data": "seconds; nothing in this chapter depends on the mode",
+    "ch03_attention": "seconds; nothing in this chapter depends on the mode",
+    "ch04_gpt_model": "about a minute; nothing in this chapter depends on the mode",
+    "ch05_pretraining": (
+        "about 10 minutes of training on a laptop CPU (more on a slow or busy one), a few GB of memory"
+        " and about 2 GB of disk for checkpoints"
+    ),
+}
+SWITCH_HINT = (
+    "To switch, run `%env COURSE_QUICK={value}` in a cell, then the notebook again from the top"
+    " (or set COURSE_QUICK before starting JupyterLab)."
+)
+
+
+def mode_banner(chapter: str | None = None) -> str:
+    """Which mode this run is in, what full mode costs for ``chapter`` (a folder name), and how to switch."""
     if is_quick():
         return (
-            "QUICK mode (COURSE_QUICK=1): small data, models and step counts;"
-            " numbers will differ from the text."
+            "QUICK mode (COURSE_QUICK=1): small data, models and step counts; numbers will differ from the"
+            " text.\n" + SWITCH_HINT.format(value=0) + " Full mode is the real course."
         )
-    return "FULL mode: the real course (real data, book-sized runs)."
+    cost = FULL_MODE_COST.get(chapter or "", "minutes of training and some disk for checkpoints")
+    return (
+        f"FULL mode: the real course (real data, book-sized runs). Cost of a full run: {cost}.\n"
+        + SWITCH_HINT.format(value=1)
+        + " Quick mode shrinks data, models and steps to run in minutes."
+    )
 
 
 def checkpoint_dir(name: str) -> Path:

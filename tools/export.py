@@ -8,7 +8,8 @@ this command writes
   (``from .ch04 import GPTModel``); scripts, tests and readers import the package.
 * ``chNN_*/previous_chapters.py``: the export cells of all earlier chapters in one self-contained
   file, for chapters whose notebooks import it (one file next to a notebook is enough, e.g. in Colab).
-* the first code cell of every notebook (the setup cell), from ``shared/colab.py``.
+* the first code cell of every notebook (the setup cell) and the "Open in Colab" link above it, and the
+  Colab links in ``README.md``, from ``shared/colab.py``.
 
 Every generated block starts with a ``# Source:`` line naming its notebook and section. Generated
 Python is formatted with ruff, so ``ruff format --check`` holds for it too.
@@ -32,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `python tools/export.py` works as well as `python -m tools.export`
 
-from shared.colab import SETUP_MARKER, setup_cell  # noqa: E402
+from shared.colab import LINK_MARKER, SETUP_MARKER, colab_link_cell, setup_cell, with_colab_links  # noqa: E402
 
 EXPORT_MARKER = "#| export"
 COMMAND = "python -m tools.export"
@@ -295,22 +296,29 @@ def package_init_source() -> str:
     )
 
 
-def _with_setup_cell(notebook: Path) -> str | None:
-    """The notebook's JSON text with its setup cell regenerated, or None if it has none."""
+def _with_setup_cell(notebook: Path, root: Path = ROOT) -> str | None:
+    """The notebook's JSON text with its setup cell and the Colab-link cell above it regenerated.
+
+    None if the notebook has no setup cell. The link cell is a Markdown cell just above the setup cell
+    (inserted if missing); both come from ``shared/colab.py``.
+    """
     text = notebook.read_text(encoding="utf-8")
     nb = json.loads(text)
-    for cell in nb["cells"]:
-        if cell["cell_type"] == "code":
-            if not _cell_source(cell).startswith(SETUP_MARKER):
-                return None
-            new = setup_cell(notebook.parent.name)
-            tags = cell.setdefault("metadata", {}).get("tags", [])
-            if _cell_source(cell) == new and SETUP_TAG in tags:
-                return text
-            cell["source"] = new.splitlines(keepends=True)
-            cell["metadata"]["tags"] = sorted({*tags, SETUP_TAG})
-            return json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
-    return None
+    cells = nb["cells"]
+    first = next((i for i, c in enumerate(cells) if c["cell_type"] == "code"), None)
+    if first is None or not _cell_source(cells[first]).startswith(SETUP_MARKER):
+        return None
+    setup = cells[first]
+    setup["source"] = setup_cell(notebook.parent.name).splitlines(keepends=True)
+    setup.setdefault("metadata", {})["tags"] = sorted({*setup["metadata"].get("tags", []), SETUP_TAG})
+    link = colab_link_cell(notebook.relative_to(root).as_posix()).splitlines(keepends=True)
+    above = cells[first - 1] if first > 0 else None
+    if above is not None and above["cell_type"] == "markdown" and _cell_source(above).startswith(LINK_MARKER):
+        above["source"] = link
+    else:
+        cells.insert(first, {"cell_type": "markdown", "id": "colab-link", "metadata": {}, "source": link})
+    new = json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+    return text if json.loads(text) == json.loads(new) else new
 
 
 def planned_files(root: Path = ROOT) -> dict[Path, str]:
@@ -325,9 +333,12 @@ def planned_files(root: Path = ROOT) -> dict[Path, str]:
     files[root / PACKAGE / "__init__.py"] = package_init_source()
     for chapter in chapters:
         for notebook in chapter_notebooks(chapter):
-            text = _with_setup_cell(notebook)
+            text = _with_setup_cell(notebook, root)
             if text is not None:
                 files[notebook] = text
+    readme = root / "README.md"
+    if readme.is_file():  # its "Open in Colab" links point at the repository configured in shared/colab.py
+        files[readme] = with_colab_links(readme.read_text(encoding="utf-8"))
     return files
 
 
