@@ -128,7 +128,7 @@ def fetch(name: str, *, quiet: bool = False, timeout: float = 30.0) -> Path:
     problem = verify(target, entry)
     if problem is None:
         return target
-    tried.append(f"cache {target}: {problem}")
+    tried.append(f"cache {_shown(target)}: {problem}")
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
 
@@ -143,7 +143,7 @@ def fetch(name: str, *, quiet: bool = False, timeout: float = 30.0) -> Path:
                 shutil.copyfile(candidate, tmp)
                 os.replace(tmp, target)
                 return target
-            tried.append(f"mirror {candidate}: {problem}")
+            tried.append(f"mirror {_shown(candidate)}: {problem}")
 
     for url in entry.urls:
         try:
@@ -160,6 +160,19 @@ def fetch(name: str, *, quiet: bool = False, timeout: float = 30.0) -> Path:
 
     others = [n for n in _needed_with(name) if _local_copy(FILES[n]) is None]
     raise DownloadError(_failure_message(entry, target, tried, others))
+
+
+def _shown(path: Path) -> str:
+    """``path`` for a message: relative to the mirror, the cache set by the user or the repository."""
+    data_dir = os.environ.get("COURSE_DATA_DIR")
+    places = [
+        ("$COURSE_DATA_MIRROR/", mirror_dir()),
+        ("$COURSE_DATA_DIR/", Path(data_dir) if data_dir else None),
+    ]
+    for name, base in [*places, ("", REPO_ROOT)]:
+        if base is not None and path.is_relative_to(base):
+            return name + path.relative_to(base).as_posix()
+    return str(path)
 
 
 def _needed_with(name: str) -> list[str]:
@@ -191,7 +204,7 @@ def _failure_message(entry: RemoteFile, target: Path, tried: list[str], others: 
         f"  - offline: put {', '.join(repr(n) for n in names)} in a folder and set COURSE_DATA_MIRROR to it\n"
         "    BEFORE starting JupyterLab, or in the notebook with `%env COURSE_DATA_MIRROR=/path/to/folder`,\n"
         "    then run the cell again;\n"
-        f"  - or download {entry.urls[0]} yourself and save it as {target}."
+        f"  - or download {entry.urls[0]} yourself and save it as {_shown(target)}."
     )
 
 
