@@ -1,0 +1,267 @@
+"""Finetune a pretrained GPT model to follow instructions, then save the test set's responses (chapter 7).
+
+The code is the course's own: the package ``gpt_from_scratch`` is generated from the notebooks'
+export cells, so this script uses the very ``InstructionDataset``, ``instruction_collate``,
+``train_model_simple`` and ``respond`` that chapters 5 and 7 build.
+
+Examples (from the repository root):
+
+    python ch07_instruction/finetune.py --epochs 2 --lr 1e-4 --out-dir runs/ch07
+    python ch07_instruction/finetune.py --mask-prompt --out-dir runs/ch07-masked
+    python ch07_instruction/finetune.py --weights gpt2 --size 355M --lr 5e-5   # the book's set-up
+    python ch07_instruction/finetune.py --limit 40 --epochs 1 --out-dir runs/smoke  # a quick check
+
+The base model comes from ``load_base_model`` (chapter 5): GPT-2 if its weights are available,
+else the course's model pretrained on books; the script prints which. The data are split 85/5/10
+(train/validation/test) with ``--seed``. Written to ``--out-dir``:
+
+* ``epoch-<k>.pth`` after every epoch and ``model.pth`` at the end (model, optimizer, config,
+  arguments, losses; chapter 5's checkpoint format). With ``--lora-rank`` (chapter 6's adapters)
+  the epoch checkpoints hold the model with adapters (load them after ``apply_lora``), while
+  ``model.pth`` holds the merged model, which loads into a plain ``GPTModel``;
+* ``responses.json``: the test entries with the finetuned model's ``model_response``, and with
+  ``--base-responses`` also ``responses-base.json`` from the model before finetuning;
+* ``train_log.json``: the losses and the timing.
+
+``ch07_instruction/evaluate.py`` scores the responses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from gpt_from_scratch.ch05 import (
+    BaseModelUnavailable,
+    load_base_model,
+    load_checkpoint,
+    save_checkpoint,
+    train_model_simple,
+)
+from gpt_from_scratch.ch07 import (
+    InstructionDataset,
+    create_instruction_loader,
+    format_instruction_prompt,
+    generate_responses,
+    load_instruction_data,
+    save_responses,
+    split_instruction_data,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="instruction-data.json", help="course file name or path to a JSON list")
+    p.add_argument(
+        "--weights",
+        default="auto",
+        choices=["auto", "gpt2", "books"],
+        help="auto: GPT-2 if available, else the course's books model",
+    )
+    p.add_argument("--size", default="355M", help="GPT-2 size when GPT-2 weights are used")
+    p.add_argument("--books-dir", default=None, help="folder of the books model (default: checkpoints/books)")
+    p.add_argument("--init-from", default=None, help="start from this finetuned checkpoint (model.pth)")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--max-length", type=int, default=128, help="truncate examples (capped at the context)")
+    p.add_argument("--mask-prompt", action="store_true", help="leave the prompt tokens out of the loss")
+    p.add_argument(
+        "--lora-rank",
+        type=int,
+        default=0,
+        help="train LoRA adapters of this rank instead of all weights (0: full finetuning)",
+    )
+    p.add_argument("--lora-alpha", type=float, default=16.0)
+    p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N entries of each split")
+    p.add_argument("--eval-freq", type=int, default=10, help="evaluate every N steps")
+    p.add_argument("--eval-iter", type=int, default=5, help="batches per evaluation")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="longest response generated")
+    p.add_argument("--no-responses", action="store_true", help="do not generate the test set's responses")
+    p.add_argument(
+        "--base-responses",
+        action="store_true",
+        help="also save the responses of the model before finetuning (responses-base.json)",
+    )
+    p.add_argument("--out-dir", default="runs/ch07", help="where checkpoints and responses go")
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    return p.parse_args(argv)
+
+
+def data_path(name: str) -> Path:
+    """A registered course file by name (downloaded or cached), else a path."""
+    from shared.data import fetch
+    from shared.registry import FILES
+
+    if name in FILES:
+        return fetch(name, quiet=True)
+    path = Path(name)
+    if not path.is_file():
+        raise SystemExit(f"--data {name!r} is neither a course file (shared/registry.py) nor a file")
+    return path
+
+
+class _TqdmStdout:
+    """Print lines through ``tqdm.write`` to the real stdout, so that they do not break the progress bar."""
+
+    def __init__(self):
+        self.stdout = sys.stdout
+
+    def write(self, text: str) -> None:
+        """Write ``text`` above the bar."""
+        if text.strip():
+            tqdm.write(text.rstrip("\n"), file=self.stdout)
+
+    def flush(self) -> None:
+        """Nothing is buffered."""
+        self.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Finetune, save checkpoints and responses; return the exit code."""
+    args = parse_args(argv)
+    from gpt_from_scratch.ch07 import InstructionDataError
+    from shared.data import fetch_gpt2_safetensors
+    from shared.runtime import get_device, set_seed
+    from shared.tokenizer import get_gpt2_tokenizer
+
+    try:
+        data = load_instruction_data(data_path(args.data))
+    except InstructionDataError as err:
+        raise SystemExit(f"error: {err}") from None
+    device = get_device(args.device)
+    tokenizer = get_gpt2_tokenizer()
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    books_dir = args.books_dir or ROOT / "checkpoints" / "books"
+    try:
+        model, source = load_base_model(
+            args.size,
+            weights=None if args.weights == "auto" else args.weights,
+            books_dir=books_dir,
+            gpt2_download=fetch_gpt2_safetensors,
+            device=device,
+        )
+    except BaseModelUnavailable as err:
+        raise SystemExit(f"error: no base model: {err}") from None
+    print(f"base model: {source}")
+    if args.init_from:
+        extra = load_checkpoint(args.init_from, model, map_location=device)
+        print(f"starting from {args.init_from} (finetuned for {extra.get('epochs', '?')} epochs)")
+    model.to(device)
+    max_length = min(args.max_length, model.cfg["context_length"])
+    if args.lora_rank:
+        from gpt_from_scratch.ch06 import apply_lora
+
+        apply_lora(model, rank=args.lora_rank, alpha=args.lora_alpha)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        print(f"LoRA rank {args.lora_rank}: {trainable:,} trainable parameters")
+
+    train, val, test = split_instruction_data(data, seed=args.seed)
+    if args.limit is not None:
+        train, val, test = train[: args.limit], val[: args.limit], test[: args.limit]
+    set_seed(args.seed)
+    datasets = [InstructionDataset(split, tokenizer, max_length=max_length) for split in (train, val, test)]
+    train_loader = create_instruction_loader(
+        datasets[0],
+        args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        mask_prompt=args.mask_prompt,
+        device=device,
+    )
+    val_loader = create_instruction_loader(
+        datasets[1], args.batch_size, shuffle=False, mask_prompt=args.mask_prompt, device=device
+    )
+    if len(train_loader) == 0 or len(val_loader) == 0:
+        raise SystemExit(
+            f"error: too few entries for batches of {args.batch_size} (train {len(train)}, "
+            f"validation {len(val)}); lower --batch-size or raise --limit"
+        )
+    for name, ds in zip(("train", "validation", "test"), datasets):
+        print(f"{name}: {len(ds)} entries, {len(ds.truncated)} longer than {max_length} tokens (truncated)")
+
+    if args.base_responses and not args.no_responses:
+        base = generate_responses(model, tokenizer, test, args.max_new_tokens, progress=True)
+        print("saved", save_responses(base, out_dir / "responses-base.json"))
+
+    steps_per_epoch = len(train_loader)
+    total_steps = steps_per_epoch * args.epochs
+    set_seed(args.seed)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=args.weight_decay
+    )
+    run_info = {"cfg": model.cfg, "source": source, "args": vars(args)}
+    bar = tqdm(total=total_steps, desc="finetuning", unit="step")
+    done = {"steps": 0}
+
+    def after_step(optimizer, *_):
+        """Advance the bar; save a checkpoint at the end of every epoch."""
+        done["steps"] += 1
+        bar.update(1)
+        if done["steps"] % steps_per_epoch == 0:
+            epoch = done["steps"] // steps_per_epoch
+            save_checkpoint(out_dir / f"epoch-{epoch}.pth", model, optimizer, epochs=epoch, **run_info)
+
+    hook = optimizer.register_step_post_hook(after_step)
+    start = time.time()
+    with contextlib.redirect_stdout(_TqdmStdout()):
+        train_losses, val_losses, tokens_seen = train_model_simple(
+            model,
+            train_loader,
+            val_loader,
+            optimizer,
+            device,
+            num_epochs=args.epochs,
+            eval_freq=args.eval_freq,
+            eval_iter=args.eval_iter,
+            start_context=format_instruction_prompt(val[0]),
+            tokenizer=tokenizer,
+        )
+    hook.remove()
+    bar.close()
+    if args.lora_rank:
+        from gpt_from_scratch.ch06 import merge_lora
+
+        merge_lora(model)  # plain linear layers again: the checkpoint loads into a GPTModel
+    minutes = (time.time() - start) / 60
+    history = {"train_losses": train_losses, "val_losses": val_losses, "tokens_seen": tokens_seen}
+    final_optimizer = None if args.lora_rank else optimizer  # LoRA: the merged model has no adapters left
+    save_checkpoint(
+        out_dir / "model.pth", model, final_optimizer, epochs=args.epochs, history=history, **run_info
+    )
+    log = {
+        "source": source,
+        "minutes": round(minutes, 3),
+        "steps": total_steps,
+        **history,
+        "args": vars(args),
+    }
+    (out_dir / "train_log.json").write_text(json.dumps(log, indent=2) + "\n", encoding="utf-8")
+    print(
+        f"finetuned for {total_steps} steps in {minutes:.2f} minutes; last losses: "
+        f"train {train_losses[-1]:.3f}, validation {val_losses[-1]:.3f}"
+    )
+    print("saved", out_dir / "model.pth")
+
+    if not args.no_responses:
+        results = generate_responses(model, tokenizer, test, args.max_new_tokens, progress=True)
+        print("saved", save_responses(results, out_dir / "responses.json"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Chapter 7 scripts end to end on a tiny books-format base model: finetune.py, then evaluate.py.
+
+The judge is a stub Ollama/OpenAI-compatible server on 127.0.0.1 (from test_ch07_judge.py); no
+real model server and no network are needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_ch07_judge import StubServer, free_port, ollama_reply, openai_reply
+
+from gpt_from_scratch.ch04 import GPT_CONFIG_124M, GPTModel
+from gpt_from_scratch.ch05 import load_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+FINETUNE = ROOT / "ch07_instruction" / "finetune.py"
+EVALUATE = ROOT / "ch07_instruction" / "evaluate.py"
+TINY = {**GPT_CONFIG_124M, "context_length": 96, "emb_dim": 32, "n_heads": 2, "n_layers": 1, "drop_rate": 0.0}
+
+
+def run(script: Path, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a script with this Python (environment inherited, COURSE_DATA_MIRROR included)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COURSE_JUDGE")}  # no judge set-up
+    env["PYTHONHASHSEED"] = "0"
+    done = subprocess.run(
+        [sys.executable, str(script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+    if check:
+        assert done.returncode == 0, f"{script.name} failed:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def write_books_checkpoint(folder: Path) -> Path:
+    """A tiny books-format checkpoint: model.safetensors (our parameter names) and config.json."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = GPTModel(TINY)
+    folder.mkdir(parents=True)
+    save_file(model.state_dict(), str(folder / "model.safetensors"))
+    config = {"model": TINY, "tokenizer": "gpt2", "tokens_seen": 0, "books": ["none: a test model"]}
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return folder
+
+
+def tiny_data(path: Path, n: int = 40) -> Path:
+    """A small instruction file: n entries, some with an input."""
+    entries = [
+        {"instruction": f"Repeat the number {i}.", "input": "" if i % 3 else f"number {i}", "output": f"{i}."}
+        for i in range(n)
+    ]
+    path.write_text(json.dumps(entries), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    """One finetuning run shared by the tests below: its output folder."""
+    tmp = tmp_path_factory.mktemp("ch07")
+    books = write_books_checkpoint(tmp / "books")
+    out = tmp / "run"
+    data = tiny_data(tmp / "data.json")
+    done = run(
+        FINETUNE, "--data", str(data), "--weights", "books", "--books-dir", str(books),
+        "--epochs", "2", "--batch-size", "4", "--eval-freq", "4", "--eval-iter", "1", "--max-new-tokens", "4",
+        "--max-length", "64", "--base-responses", "--device", "cpu", "--out-dir", str(out), cwd=tmp,
+    )  # fmt: skip
+    return out, done.stdout + done.stderr
+
+
+def test_finetune_writes_checkpoints_responses_and_log(finetuned):
+    out, log = finetuned
+    assert "base model:" in log and "books" in log
+    assert "train: 34 entries" in log and "validation: 2 entries" in log and "test: 4 entries" in log
+    assert "finetuning" in log  # the progress bar
+    for name in ("epoch-1.pth", "epoch-2.pth", "model.pth", "responses.json", "responses-base.json"):
+        assert (out / name).is_file(), name
+    model = GPTModel(TINY)
+    extra = load_checkpoint(out / "model.pth", model)
+    assert extra["cfg"] == TINY and extra["epochs"] == 2 and len(extra["history"]["val_losses"]) >= 2
+    responses = json.loads((out / "responses.json").read_text(encoding="utf-8"))
+    assert len(responses) == 4 and all(isinstance(r["model_response"], str) for r in responses)
+    train_log = json.loads((out / "train_log.json").read_text(encoding="utf-8"))
+    assert train_log["steps"] == 2 * (34 // 4)
+
+
+def test_finetuned_weights_differ_from_epoch_one(finetuned):
+    out, _ = finetuned
+    first, last = GPTModel(TINY), GPTModel(TINY)
+    load_checkpoint(out / "epoch-1.pth", first)
+    load_checkpoint(out / "model.pth", last)
+    assert not torch.equal(first.trf_blocks[0].att.W_query.weight, last.trf_blocks[0].att.W_query.weight)
+
+
+def test_evaluate_metrics_only(finetuned, tmp_path):
+    out, _ = finetuned
+    report_dir = tmp_path / "report"
+    done = run(EVALUATE, str(out / "responses-base.json"), str(out / "responses.json"), "--no-judge",
+               "--out-dir", str(report_dir), cwd=tmp_path)  # fmt: skip
+    assert "token_f1" in done.stdout
+    summary = json.loads((report_dir / "summary.json").read_text(encoding="utf-8"))
+    assert [row["file"] for row in summary] == ["responses-base.json", "responses.json"]
+    assert all(0.0 <= row["rouge_l"] <= 1.0 for row in summary)
+    report = (report_dir / "report.md").read_text(encoding="utf-8")
+    assert "## Means per file" in report and "No LLM judge was used." in report
+    assert (report_dir / "scores.csv").read_text(encoding="utf-8").count("\n") == 1 + 2 * 4
+
+
+def test_evaluate_with_a_stub_judge(finetuned, tmp_path):
+    out, _ = finetuned
+    server = StubServer([(200, {"data": [{"id": "stub"}]}, 0.0), openai_reply("Score: 40"),
+                         openai_reply("no idea"), openai_reply("no idea"), openai_reply("90/100"),
+                         openai_reply("70")])  # fmt: skip
+    try:
+        done = run(EVALUATE, str(out / "responses.json"), "--no-metrics", "--judge-api", "openai",
+                   "--judge-url", server.url + "/v1", "--judge-model", "stub", "--retries", "1",
+                   "--out-dir", str(tmp_path), cwd=tmp_path)  # fmt: skip
+    finally:
+        server.close()
+    assert "LLM judge: stub" in done.stdout
+    (row,) = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
+    # 4 entries: 40, missing (two replies without a score), 90, 70; the missing one is not a 0
+    assert (row["judge_scored"], row["judge_missing"], row["judge_mean"]) == (
+        3,
+        1,
+        round((40 + 90 + 70) / 3, 2),
+    )
+    assert "exact_match" not in row
+    assert [r["path"] for r in server.requests].count("/v1/chat/completions") == 5
+
+
+def test_evaluate_without_a_judge_server(finetuned, tmp_path):
+    out, _ = finetuned
+    url = f"http://127.0.0.1:{free_port()}"
+    done = run(
+        EVALUATE, str(out / "responses.json"), "--judge-url", url, "--out-dir", str(tmp_path), cwd=tmp_path
+    )
+    assert done.stdout.count("No LLM judge") == 1 and "ollama serve" in done.stdout
+    assert "Continuing with the offline metrics only." in done.stdout and (tmp_path / "report.md").is_file()
+    judge_only = run(EVALUATE, str(out / "responses.json"), "--no-metrics", "--judge-url", url, cwd=tmp_path,
+                     check=False)  # fmt: skip
+    assert judge_only.returncode == 2 and "No LLM judge" in judge_only.stdout
+
+
+def test_evaluate_ollama_judge_end_to_end(finetuned, tmp_path):
+    out, _ = finetuned
+    server = StubServer([(200, {"models": [{"name": "llama3.2:latest"}]}, 0.0), ollama_reply("85")])
+    try:
+        run(EVALUATE, str(out / "responses.json"), "--judge-url", server.url, "--out-dir", str(tmp_path),
+            cwd=tmp_path)  # fmt: skip
+    finally:
+        server.close()
+    (row,) = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
+    assert row["judge_mean"] == 85.0 and row["judge_scored"] == 4 and "rouge_l" in row
+    assert server.requests[1]["json"]["model"] == "llama3.2"
+
+
+def test_bad_input_files_fail_clearly(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"instruction": "a", "input": "", "output": "b",}]', encoding="utf-8")
+    done = run(EVALUATE, str(broken), "--no-judge", cwd=tmp_path, check=False)
+    assert done.returncode != 0 and "broken.json: malformed JSON at line 1, column 50" in done.stderr
+    no_response = tiny_data(tmp_path / "plain.json", n=3)
+    done = run(EVALUATE, str(no_response), "--no-judge", cwd=tmp_path, check=False)
+    assert done.returncode != 0 and "entry 0 has no key 'model_response'" in done.stderr
+    done = run(FINETUNE, "--data", str(broken), "--out-dir", str(tmp_path / "x"), cwd=tmp_path, check=False)
+    assert done.returncode != 0 and "malformed JSON" in done.stderr
+
+
+def test_finetune_without_base_model_fails_clearly(tmp_path):
+    done = run(FINETUNE, "--data", str(tiny_data(tmp_path / "d.json")), "--weights", "books",
+               "--books-dir", str(tmp_path / "nothing"), "--out-dir", str(tmp_path / "x"), cwd=tmp_path,
+               check=False)  # fmt: skip
+    assert done.returncode != 0 and "no base model" in done.stderr
+
+
+@pytest.mark.parametrize("script", [FINETUNE, EVALUATE])
+def test_scripts_have_help(script, tmp_path):
+    assert "usage" in run(script, "--help", cwd=tmp_path).stdout
