@@ -1,0 +1,77 @@
+"""Chapter 6 script: finetune.py trains from a books-format checkpoint (quick mode), saves, classifies."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt_from_scratch.ch04 import GPT_CONFIG_124M, GPTModel
+from gpt_from_scratch.ch06 import load_classifier
+
+ROOT = Path(__file__).resolve().parent.parent
+FINETUNE = ROOT / "ch06_classification" / "finetune.py"
+
+
+def write_books_checkpoint(folder: Path) -> Path:
+    """A tiny randomly initialised GPTModel in the course's books format (safetensors + config.json)."""
+    from safetensors.torch import save_file
+
+    tiny = {"context_length": 32, "emb_dim": 16, "n_heads": 2, "n_layers": 1, "drop_rate": 0.0}
+    cfg = {**GPT_CONFIG_124M, **tiny}
+    torch.manual_seed(0)
+    model = GPTModel(cfg)
+    folder.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    facts = {"model": cfg, "tokenizer": "gpt2", "tokens_seen": 0, "val_loss": None, "books": []}
+    (folder / "config.json").write_text(json.dumps(facts), encoding="utf-8")
+    return folder
+
+
+def run(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run finetune.py with this Python (environment inherited, COURSE_DATA_MIRROR included)."""
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    done = subprocess.run(
+        [sys.executable, str(FINETUNE), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+    if check:
+        assert done.returncode == 0, f"finetune.py failed:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_finetune_quick_end_to_end_then_classify(mirror, tmp_path, lora):
+    books = write_books_checkpoint(tmp_path / "books")
+    out = tmp_path / "out"
+    extra = ["--lora", "--rank", "2", "--alpha", "4"] if lora else []
+    common = ["--checkpoint-dir", str(out), "--device", "cpu"]
+    weights = ["--weights", "books", "--books-dir", str(books)]
+    log = run("--quick", *weights, *common, *extra, cwd=tmp_path).stdout
+    assert "books" in log.splitlines()[0]  # the loader says which weights it used
+    assert "cut to the model's context length, 32 tokens" in log
+    assert "test accuracy:" in log and "precision" in log
+    assert ("LoRA rank 2" in log) == lora
+
+    model, saved = load_classifier(out / "classifier.pth")  # a plain classifier, adapters merged
+    assert saved["epoch"] == 1 and saved["max_length"] == 32 and saved["labels"] == ["ham", "spam"]
+    assert model.out_head.out_features == 2
+
+    messages = ["WINNER!! Claim your free prize now, call 0800 123", "Are we still on for lunch?"]
+    first = run("--classify", *messages, *common, cwd=tmp_path).stdout.splitlines()
+    assert len(first) == 2 and all(line.split("\t")[0] in ("ham", "spam") for line in first)
+    assert [line.split("\t")[2] for line in first] == messages
+    assert run("--classify", *messages, *common, cwd=tmp_path).stdout.splitlines() == first
+
+
+def test_classify_fails_clearly(tmp_path):
+    done = run("--classify", "hello", "--checkpoint-dir", str(tmp_path / "none"), cwd=tmp_path, check=False)
+    assert done.returncode != 0 and "no classifier" in done.stderr
+
+
+def test_help(tmp_path):
+    assert "--lora" in run("--help", cwd=tmp_path).stdout
