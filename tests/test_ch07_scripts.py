@@ -99,6 +99,23 @@ def test_finetuned_weights_differ_from_epoch_one(finetuned):
     assert not torch.equal(first.trf_blocks[0].att.W_query.weight, last.trf_blocks[0].att.W_query.weight)
 
 
+def test_finetune_with_lora_saves_a_merged_model(tmp_path):
+    books = write_books_checkpoint(tmp_path / "books")
+    data = tiny_data(tmp_path / "data.json", n=20)
+    done = run(FINETUNE, "--data", str(data), "--weights", "books", "--books-dir", str(books),
+               "--epochs", "1", "--batch-size", "4", "--lora-rank", "2", "--no-responses", "--device", "cpu",
+               "--out-dir", str(tmp_path / "lora"), cwd=tmp_path)  # fmt: skip
+    assert "LoRA rank 2:" in done.stdout
+    merged, base = GPTModel(TINY), GPTModel(TINY)
+    extra = load_checkpoint(tmp_path / "lora" / "model.pth", merged)  # plain GPTModel names: merged
+    assert extra["args"]["lora_rank"] == 2
+    from safetensors.torch import load_file
+
+    base.load_state_dict(load_file(str(books / "model.safetensors")))
+    assert torch.equal(merged.tok_emb.weight, base.tok_emb.weight)  # embeddings were frozen
+    assert not torch.equal(merged.out_head.weight, base.out_head.weight)  # linear layers got the update
+
+
 def test_evaluate_metrics_only(finetuned, tmp_path):
     out, _ = finetuned
     report_dir = tmp_path / "report"
