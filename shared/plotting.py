@@ -37,7 +37,7 @@ def save_figure(fig: Figure, chapter: str, name: str) -> Path:
     return path
 
 
-def show_figure(fig: Figure, chapter: str, name: str, alt: str) -> Path:
+def show_figure(fig: Figure, chapter: str, name: str, alt: str) -> None:
     """Save ``fig`` (``save_figure``), close it, and show it as this cell's output, with alt text ``alt``."""
     from IPython.display import display
 
@@ -47,7 +47,6 @@ def show_figure(fig: Figure, chapter: str, name: str, alt: str) -> Path:
     plt.close(fig)
     png = base64.b64encode(path.read_bytes()).decode("ascii")
     display({"image/png": png, "text/plain": f"[Figure: {alt}]"}, raw=True)
-    return path
 
 
 def new_figure(width: float = 6.0, height: float = 3.5) -> tuple[Figure, plt.Axes]:
