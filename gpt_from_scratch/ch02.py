@@ -47,7 +47,7 @@ class SimpleTokenizer:
     def decode(self, ids: list[int]) -> str:
         """Text of token IDs, with no space before punctuation."""
         text = " ".join(self.int_to_str[i] for i in ids)
-        return re.sub(r'\s+([,.?!"()\'])', r"\1", text)
+        return re.sub(r'\s+([,.:;?!"()\'])', r"\1", text)
 
 
 # Source: ch02_text_data/ch02.ipynb, 2.6 Input–target pairs from a sliding window
