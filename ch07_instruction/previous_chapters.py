@@ -57,7 +57,7 @@ class SimpleTokenizer:
     def decode(self, ids: list[int]) -> str:
         """Text of token IDs, with no space before punctuation."""
         text = " ".join(self.int_to_str[i] for i in ids)
-        return re.sub(r'\s+([,.?!"()\'])', r"\1", text)
+        return re.sub(r'\s+([,.:;?!"()\'])', r"\1", text)
 
 
 # Source: ch02_text_data/ch02.ipynb, 2.6 Input–target pairs from a sliding window
@@ -1035,7 +1035,7 @@ def load_gpt2_model(path: str | os.PathLike, size: str = "124M") -> GPTModel:
     return model.eval()
 
 
-# Source: ch05_pretraining/ch05.ipynb, 5.6 Beyond the book: learning-rate warmup, cosine decay and gradient...
+# Source: ch05_pretraining/ch05.ipynb, 5.6 Learning-rate warmup, cosine decay and gradient clipping
 def lr_at_step(step: int, total_steps: int, warmup_steps: int, peak_lr: float, min_lr: float) -> float:
     """Learning rate at 0-based ``step``: linear warmup to ``peak_lr``, then cosine decay to ``min_lr``."""
     if not 0 <= warmup_steps <= total_steps:
@@ -1143,6 +1143,325 @@ def train_model(
     if torch.cuda.is_available():
         state["cuda_rng_state"] = torch.cuda.get_rng_state_all()
     return state
+
+
+# Source: ch05_pretraining/base_model.ipynb, 1. Fifteen books, without their licence text
+GUTENBERG_START = re.compile(r"^\*\*\* ?START OF (?:THE|THIS) PROJECT GUTENBERG EBOOK.*$", re.MULTILINE)
+GUTENBERG_END = re.compile(r"^\*\*\* ?END OF (?:THE|THIS) PROJECT GUTENBERG EBOOK.*$", re.MULTILINE)
+
+
+def strip_gutenberg(text: str) -> str:
+    """The book itself: the text between Project Gutenberg's START and END lines, trimmed."""
+    start, end = GUTENBERG_START.search(text), GUTENBERG_END.search(text)
+    if start is None or end is None or end.start() < start.end():
+        raise ValueError(
+            "no '*** START OF ...' and '*** END OF ...' lines: is this a Project Gutenberg text?"
+        )
+    return text[start.end() : end.start()].strip()
+
+
+# Source: ch05_pretraining/base_model.ipynb, 2. Tokenize once, into a file on disk
+END_OF_TEXT = "<|endoftext|>"
+
+
+def write_token_file(books: dict[str, str], tokenizer, path: str | os.PathLike) -> dict[str, int]:
+    """Tokenize ``books`` (name -> text), each followed by <|endoftext|>, into a uint16 file; return counts.
+
+    The file holds the token IDs one after the other (2 bytes each); ``<path>.json`` lists the books
+    in order with their token counts, so that ``read_token_file`` can find each book again.
+    """
+    path = Path(path)
+    if tokenizer.n_vocab > np.iinfo(np.uint16).max + 1:
+        raise ValueError(f"a vocabulary of {tokenizer.n_vocab} tokens does not fit in uint16")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        for name, text in books.items():
+            ids = tokenizer.encode(text + END_OF_TEXT, allowed_special={END_OF_TEXT})
+            np.asarray(ids, dtype=np.uint16).tofile(fh)
+            counts[name] = len(ids)
+    os.replace(tmp, path)  # the file appears whole or not at all
+    meta = {"dtype": "uint16", "books": [{"name": n, "tokens": c} for n, c in counts.items()]}
+    Path(f"{path}.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    return counts
+
+
+def read_token_file(path: str | os.PathLike) -> tuple[np.memmap, dict[str, tuple[int, int]]]:
+    """The token IDs of a ``write_token_file`` file (memory-mapped, not read), and each book's span."""
+    meta = json.loads(Path(f"{path}").with_name(Path(path).name + ".json").read_text(encoding="utf-8"))
+    tokens = np.memmap(path, dtype=np.uint16, mode="r")  # (n_tokens,) read from disk on demand
+    spans, start = {}, 0
+    for book in meta["books"]:
+        spans[book["name"]] = (start, start + book["tokens"])
+        start += book["tokens"]
+    if start != len(tokens):
+        raise ValueError(f"{path} holds {len(tokens)} tokens, its .json lists {start}: rewrite it")
+    return tokens, spans
+
+
+# Source: ch05_pretraining/base_model.ipynb, 2. Tokenize once, into a file on disk
+def split_books(names: list[str], val_names: list[str]) -> tuple[list[str], list[str]]:
+    """Whole books for training and for validation: each book in exactly one list, at least one per list."""
+    unknown = sorted(set(val_names) - set(names))
+    if unknown:
+        raise ValueError(f"validation books {unknown} are not among the books {names}")
+    train = [n for n in names if n not in val_names]
+    val = [n for n in names if n in val_names]
+    if not train or not val:
+        raise ValueError(
+            f"need at least one training and one validation book; got {len(train)} and {len(val)}"
+        )
+    return train, val
+
+
+# Source: ch05_pretraining/base_model.ipynb, 3. Random windows
+def sample_windows(
+    tokens: np.ndarray, batch_size: int, context_length: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of random windows of ``tokens``: inputs (b, T) and the targets shifted by one (b, T)."""
+    n_starts = len(tokens) - context_length  # a window needs T + 1 tokens
+    if n_starts < 1:
+        raise ValueError(f"{len(tokens)} tokens are too few for windows of {context_length} + 1 tokens")
+    starts = torch.randint(0, n_starts, (batch_size,), generator=generator).numpy()  # (b,)
+    offsets = np.arange(context_length + 1)  # (T + 1,)
+    rows = torch.from_numpy(tokens[starts[:, None] + offsets].astype(np.int64))  # (b, T + 1)
+    return rows[:, :-1], rows[:, 1:]  # (b, T), (b, T)
+
+
+def fixed_windows(tokens: np.ndarray, context_length: int, n_windows: int | None = None) -> torch.Tensor:
+    """Non-overlapping windows of T + 1 tokens, evenly spread over ``tokens`` (all of them if None): (n, T + 1)."""
+    n_all = (len(tokens) - 1) // context_length  # windows that share one token at each border
+    if n_all < 1:
+        raise ValueError(f"{len(tokens)} tokens are too few for a window of {context_length} + 1 tokens")
+    n = n_all if n_windows is None else min(n_windows, n_all)
+    starts = np.linspace(0, (n_all - 1) * context_length, n).astype(np.int64)  # (n,)
+    offsets = np.arange(context_length + 1)  # (T + 1,)
+    return torch.from_numpy(tokens[starts[:, None] + offsets].astype(np.int64))  # (n, T + 1)
+
+
+def windows_loss(model: torch.nn.Module, windows: torch.Tensor, device, batch_size: int = 8) -> float:
+    """Mean next-token cross-entropy over ``windows`` (n, T + 1), every target token counted once."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for rows in windows.split(batch_size):  # (b, T + 1) each
+            rows = rows.to(device)
+            logits = model(rows[:, :-1])  # (b, T, vocab_size)
+            loss = torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="sum"
+            )  # (b*T, V) vs (b*T,)
+            total += loss.item()
+            count += rows[:, 1:].numel()
+    model.train(was_training)
+    return total / count
+
+
+# Source: ch05_pretraining/base_model.ipynb, 4. Two baselines to beat
+def bigram_cross_entropy(
+    train_tokens: np.ndarray, eval_tokens: np.ndarray, vocab_size: int, weight: float = 0.8
+) -> float:
+    """Held-out cross-entropy (nats per token) of a token bigram model counted on ``train_tokens``.
+
+    P(b | a) = weight * count(a, b) / count(a) + (1 - weight) * P(b), where P(b) is the unigram
+    frequency with add-one smoothing (so that no token has probability 0); a token ``a`` never
+    seen in training uses P(b) alone.
+    """
+    train = np.asarray(train_tokens, dtype=np.int64)
+    held = np.asarray(eval_tokens, dtype=np.int64)
+    unigram = (np.bincount(train, minlength=vocab_size) + 1.0) / (len(train) + vocab_size)  # (V,)
+    first_counts = np.bincount(train[:-1], minlength=vocab_size)  # count(a) as a first token, (V,)
+    pairs, pair_counts = np.unique(train[:-1] * vocab_size + train[1:], return_counts=True)  # sorted codes
+    a, b = held[:-1], held[1:]
+    codes = a * vocab_size + b
+    where = np.searchsorted(pairs, codes).clip(max=len(pairs) - 1)
+    found = np.where(pairs[where] == codes, pair_counts[where], 0)  # count(a, b), 0 if never seen
+    seen = first_counts[a] > 0
+    p_pair = np.where(seen, found / np.maximum(first_counts[a], 1), 0.0)
+    p = np.where(seen, weight * p_pair + (1 - weight) * unigram[b], unigram[b])
+    return float(-np.log(p).mean())
+
+
+# Source: ch05_pretraining/base_model.ipynb, 5. The training loop
+def pretrain_on_tokens(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_tokens: np.ndarray,
+    val_tokens: np.ndarray,
+    device,
+    total_steps: int,
+    batch_size: int,
+    peak_lr: float,
+    min_lr: float = 0.0,
+    warmup_steps: int = 0,
+    eval_every: int = 100,
+    eval_windows: int = 32,
+    max_grad_norm: float = 1.0,
+    seed: int = 123,
+    state: dict | None = None,
+    stop_at_step: int | None = None,
+    on_step: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train on random windows of a token array; resumable from a returned ``state`` (same losses)."""
+    ctx = model.pos_emb.weight.shape[0]
+    train_eval = fixed_windows(train_tokens, ctx, eval_windows)  # the same windows at every evaluation
+    val_eval = fixed_windows(val_tokens, ctx, eval_windows)
+    if state is None:
+        keys = ("steps", "tokens_seen", "train_losses", "val_losses", "lrs", "batch_losses")
+        history = {key: [] for key in keys}
+        state = {"step": 0, "seed": seed, "total_steps": total_steps, "tokens_seen": 0, "history": history}
+    else:
+        if (state["seed"], state["total_steps"]) != (seed, total_steps):
+            raise ValueError(
+                f"cannot resume: the checkpoint used seed {state['seed']} and "
+                f"{state['total_steps']} steps, this run {seed} and {total_steps}"
+            )
+        state = copy.deepcopy(state)
+        torch.set_rng_state(state["rng_state"])  # dropout, if any, continues where it stopped
+    history = state["history"]
+    end = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
+
+    model.train()
+    while state["step"] < end:
+        step = state["step"]
+        batch_rng = torch.Generator().manual_seed(seed * 1_000_003 + step)  # batch fixed by (seed, step)
+        inputs, targets = sample_windows(train_tokens, batch_size, ctx, batch_rng)  # (b, T) each
+        lr = lr_at_step(step, total_steps, warmup_steps, peak_lr, min_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad()
+        loss = calc_loss_batch(inputs, targets, model, device)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=max_grad_norm)
+        optimizer.step()
+        state["tokens_seen"] += inputs.numel()
+        state["step"] = step + 1
+        history["lrs"].append(lr)
+        history["batch_losses"].append(loss.item())
+        if state["step"] % eval_every == 0 or state["step"] == total_steps:
+            history["steps"].append(state["step"])
+            history["tokens_seen"].append(state["tokens_seen"])
+            history["train_losses"].append(windows_loss(model, train_eval, device))
+            history["val_losses"].append(windows_loss(model, val_eval, device))
+        if on_step is not None:
+            on_step(state)
+    state["rng_state"] = torch.get_rng_state()
+    return state
+
+
+# Source: ch05_pretraining/base_model.ipynb, 9. One loader for every later chapter
+BASE_MODEL_WEIGHTS = "model.safetensors"
+BASE_MODEL_CONFIG = "config.json"
+
+
+def save_base_model(model: nn.Module, folder: str | os.PathLike, **facts) -> Path:
+    """Write ``model`` as a base-model folder: model.safetensors and config.json (its cfg plus ``facts``)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {name: t.detach().cpu().clone() for name, t in model.state_dict().items()}
+    config = {"model": dict(model.cfg), "tokenizer": "gpt2", **facts}
+    for name, content in ((BASE_MODEL_WEIGHTS, None), (BASE_MODEL_CONFIG, json.dumps(config, indent=1))):
+        tmp = folder / (name + ".tmp")
+        if content is None:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+        else:
+            tmp.write_text(content + "\n", encoding="utf-8")
+        os.replace(tmp, folder / name)  # each file appears whole or not at all
+    return folder
+
+
+# Source: ch05_pretraining/base_model.ipynb, 9. One loader for every later chapter
+BASE_WEIGHTS_ENV = "COURSE_BASE_WEIGHTS"
+GPT2_SAFETENSORS_URL = "https://huggingface.co/openai-community/{repo}/resolve/main/model.safetensors"
+GPT2_DOWNLOADS = {  # size -> (Hugging Face repository, approximate size of model.safetensors)
+    "124M": ("gpt2", "0.5 GB"),
+    "355M": ("gpt2-medium", "1.5 GB"),
+    "774M": ("gpt2-large", "3.3 GB"),
+    "1558M": ("gpt2-xl", "6.4 GB"),
+}
+BOOKS_COMMAND = "python ch05_pretraining/train.py --data books --checkpoint-dir checkpoints/books"
+
+
+class BaseModelUnavailable(FileNotFoundError):
+    """No pretrained weights could be found; the message lists what was tried and how to get weights."""
+
+
+def _load_books(folder: Path) -> tuple[GPTModel, dict]:
+    """The course's books model from a folder written by ``save_base_model``, and its config."""
+    from safetensors.torch import load_file
+
+    weights, config_file = folder / BASE_MODEL_WEIGHTS, folder / BASE_MODEL_CONFIG
+    missing = [p.name for p in (weights, config_file) if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} has no {' and no '.join(missing)}")
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    model = GPTModel(config["model"])
+    model.load_state_dict(load_file(str(weights)))  # strict: every name and shape must match
+    return model, config
+
+
+def load_base_model(
+    size: str = "124M",
+    weights: str | None = None,
+    *,
+    books_dir: str | os.PathLike | None = None,
+    gpt2_download: Callable[[str], os.PathLike] | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[GPTModel, str]:
+    """A pretrained GPTModel in eval mode, and one line saying which weights were loaded."""
+    if size not in GPT2_DOWNLOADS:
+        raise ValueError(f"unknown GPT-2 size {size!r}; valid sizes: {', '.join(GPT2_DOWNLOADS)}")
+    choice = weights or os.environ.get(BASE_WEIGHTS_ENV) or None
+    if choice not in (None, "gpt2", "books"):
+        raise ValueError(
+            f"weights must be None, 'gpt2' or 'books' (also in ${BASE_WEIGHTS_ENV}); got {choice!r}"
+        )
+    tried = []
+    if choice in (None, "gpt2"):
+        if gpt2_download is None:
+            tried.append(f"GPT-2 {size}: no gpt2_download function was given")
+        else:
+            try:
+                path = Path(gpt2_download(size))
+                model = load_gpt2_model(path, size)  # section 5.5.6: either file format
+            except (OSError, RuntimeError, ValueError, KeyError, ImportError) as exc:
+                tried.append(f"GPT-2 {size}: {type(exc).__name__}: {exc}")
+            else:
+                return model.to(device).eval(), f"OpenAI's GPT-2 {size} weights ({path.name})"
+    if choice in (None, "books"):
+        if books_dir is None:
+            tried.append("books model: no books_dir was given")
+        else:
+            try:
+                model, config = _load_books(Path(books_dir))
+            except (OSError, RuntimeError, ValueError, KeyError) as exc:
+                tried.append(f"books model: {type(exc).__name__}: {exc}")
+            else:
+                cfg = config["model"]
+                facts = [
+                    f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters",
+                    f"emb_dim {cfg['emb_dim']}, {cfg['n_layers']} layers, context {cfg['context_length']}",
+                ]
+                if "tokens_seen" in config:
+                    facts.append(f"{config['tokens_seen']:,} training tokens")
+                if "val_loss" in config:
+                    facts.append(f"held-out loss {config['val_loss']:.3f}")
+                name = Path(books_dir).name
+                return model.to(device).eval(), f"the course's books model ({name}: {'; '.join(facts)})"
+    repo, gigabytes = GPT2_DOWNLOADS[size]
+    lines = "\n".join(f"  - {line}" for line in tried)
+    raise BaseModelUnavailable(
+        f"No pretrained weights could be loaded (weights={choice!r}). Tried:\n{lines}\n"
+        "Two ways to get weights:\n"
+        f"  - download OpenAI's GPT-2 {size} ({gigabytes}): {GPT2_SAFETENSORS_URL.format(repo=repo)}\n"
+        "    (the course does it with shared.data.fetch_gpt2_safetensors; pass it as gpt2_download);\n"
+        "  - or pretrain the course's own books model (about 60 minutes on 2 CPU cores), from the\n"
+        f"    repository root: {BOOKS_COMMAND}\n"
+        "    (with COURSE_QUICK=1 the notebook ch05_pretraining/base_model.ipynb makes a tiny one in seconds)."
+    )
 
 
 # Source: ch06_classification/ch06.ipynb, 6.2 Preparing the data
