@@ -36,6 +36,10 @@ class DownloadError(RuntimeError):
         super().__init__(message)
         self.__suppress_context__ = True  # as `raise ... from None`, wherever it is raised
 
+    def _render_traceback_(self) -> list[str]:
+        """What Jupyter shows for this error: the message alone (``%tb`` still shows the frames)."""
+        return [f"{type(self).__name__}: {self}"]
+
 
 def cache_dir() -> Path:
     """The download cache: ``COURSE_DATA_DIR`` if set, else ``data/`` in the repository."""
