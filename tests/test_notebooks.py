@@ -124,3 +124,16 @@ def test_images_have_alt_text_and_are_not_hotlinked(notebook):
         for alt, target in re.findall(r"!\[([^\]]*)\]\(([^)\s]+)", _src(cell)):
             assert alt.strip(), f"{path.name}: image {target} needs alt text"
             assert not re.match(r"(?i)https?://", target), f"{path.name}: hotlinked image {target}"
+
+
+def test_no_stray_stderr_in_stored_outputs(notebook):
+    path, nb = notebook
+    strict = path.relative_to(ROOT).as_posix() in FOLDED  # chapters 1-5: no stderr at all
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        ignored = "nbval-ignore-output" in cell.get("metadata", {}).get("tags", [])
+        for out in cell.get("outputs", []):
+            if out.get("name") == "stderr" and (strict or not ignored):
+                text = "".join(out["text"]) if isinstance(out["text"], list) else out["text"]
+                pytest.fail(f"{path.name}: stderr stored in a cell:\n{_src(cell)[:80]}\n---\n{text[:200]}")
