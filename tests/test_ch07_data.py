@@ -27,6 +27,7 @@ from gpt_from_scratch.ch07 import (
 )
 
 EOT = 50256
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster on a busy machine
 ENTRY = {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"}
 NO_INPUT = {"instruction": "Name a color.", "input": "", "output": "Blue."}
 
@@ -250,14 +251,14 @@ def test_respond_equals_generate_then_cut(gpt2_tokenizer):
     assert respond(model, gpt2_tokenizer, "Name a color.", max_new_tokens=6) == expected
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(3))
 def test_cached_greedy_equals_generate(seed):
     """Chapter 4's KV cache gives chapter 5's greedy tokens, with the same stop at end-of-text."""
     model = tiny_model(seed, vocab_size=50, context_length=24)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, 50, (1, 1 + seed), generator=g)
     for eos in (None, 7, int(generate(model, idx, 1, context_size=24)[0, -1])):  # the last: stops at once
-        for n in (0, 1, 5, 24 - idx.shape[1], 30):  # 30 does not fit: generate's sliding window
+        for n in (0, 1, 5, 24 - idx.shape[1], 26):  # 26 does not fit: generate's sliding window
             want = generate(model, idx, n, context_size=24, eos_id=eos)
             assert torch.equal(greedy_until_eos(model, idx, n, eos), want), (eos, n)
 

@@ -6,6 +6,7 @@ real model server and no network are needed.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -28,13 +29,33 @@ TINY = {**GPT_CONFIG_124M, "context_length": 96, "emb_dim": 32, "n_heads": 2, "n
 def run(script: Path, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     """Run a script with this Python (environment inherited, COURSE_DATA_MIRROR included)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COURSE_JUDGE")}  # no judge set-up
-    env["PYTHONHASHSEED"] = "0"
+    env.update(PYTHONHASHSEED="0", OMP_NUM_THREADS="1")  # tiny models: one thread is faster on a busy machine
     done = subprocess.run(
         [sys.executable, str(script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
     if check:
         assert done.returncode == 0, f"{script.name} failed:\n{done.stdout}\n{done.stderr}"
     return done
+
+
+@pytest.fixture
+def evaluate(monkeypatch, capsys):
+    """Run evaluate.py's main() in this process (faster than a new Python): (exit code, stdout)."""
+    spec = importlib.util.spec_from_file_location("ch07_evaluate", EVALUATE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name in ("COURSE_JUDGE_API", "COURSE_JUDGE_URL", "COURSE_JUDGE_MODEL", "COURSE_JUDGE_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+
+    def call(*args: str) -> tuple[int | str, str]:
+        capsys.readouterr()
+        try:
+            code = module.main(list(args))
+        except SystemExit as exc:  # argument and input errors: the message is the exit "code"
+            code = exc.code
+        return code, capsys.readouterr().out
+
+    return call
 
 
 def write_books_checkpoint(folder: Path) -> Path:
@@ -130,18 +151,18 @@ def test_evaluate_metrics_only(finetuned, tmp_path):
     assert (report_dir / "scores.csv").read_text(encoding="utf-8").count("\n") == 1 + 2 * 4
 
 
-def test_evaluate_with_a_stub_judge(finetuned, tmp_path):
+def test_evaluate_with_a_stub_judge(finetuned, tmp_path, evaluate):
     out, _ = finetuned
     server = StubServer([(200, {"data": [{"id": "stub"}]}, 0.0), openai_reply("Score: 40"),
                          openai_reply("no idea"), openai_reply("no idea"), openai_reply("90/100"),
                          openai_reply("70")])  # fmt: skip
     try:
-        done = run(EVALUATE, str(out / "responses.json"), "--no-metrics", "--judge-api", "openai",
-                   "--judge-url", server.url + "/v1", "--judge-model", "stub", "--retries", "1",
-                   "--out-dir", str(tmp_path), cwd=tmp_path)  # fmt: skip
+        code, stdout = evaluate(str(out / "responses.json"), "--no-metrics", "--judge-api", "openai",
+                                "--judge-url", server.url + "/v1", "--judge-model", "stub", "--retries", "1",
+                                "--out-dir", str(tmp_path))  # fmt: skip
     finally:
         server.close()
-    assert "LLM judge: stub" in done.stdout
+    assert code == 0 and "LLM judge: stub" in stdout
     (row,) = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
     # 4 entries: 40, missing (two replies without a score), 90, 70; the missing one is not a 0
     assert (row["judge_scored"], row["judge_missing"], row["judge_mean"]) == (
@@ -153,40 +174,38 @@ def test_evaluate_with_a_stub_judge(finetuned, tmp_path):
     assert [r["path"] for r in server.requests].count("/v1/chat/completions") == 5
 
 
-def test_evaluate_without_a_judge_server(finetuned, tmp_path):
+def test_evaluate_without_a_judge_server(finetuned, tmp_path, evaluate):
     out, _ = finetuned
     url = f"http://127.0.0.1:{free_port()}"
-    done = run(
-        EVALUATE, str(out / "responses.json"), "--judge-url", url, "--out-dir", str(tmp_path), cwd=tmp_path
-    )
-    assert done.stdout.count("No LLM judge") == 1 and "ollama serve" in done.stdout
-    assert "Continuing with the offline metrics only." in done.stdout and (tmp_path / "report.md").is_file()
-    judge_only = run(EVALUATE, str(out / "responses.json"), "--no-metrics", "--judge-url", url, cwd=tmp_path,
-                     check=False)  # fmt: skip
-    assert judge_only.returncode == 2 and "No LLM judge" in judge_only.stdout
+    code, stdout = evaluate(str(out / "responses.json"), "--judge-url", url, "--out-dir", str(tmp_path))
+    assert code == 0 and stdout.count("No LLM judge") == 1 and "ollama serve" in stdout
+    assert "Continuing with the offline metrics only." in stdout and (tmp_path / "report.md").is_file()
+    code, stdout = evaluate(str(out / "responses.json"), "--no-metrics", "--judge-url", url)
+    assert code == 2 and "No LLM judge" in stdout
 
 
-def test_evaluate_ollama_judge_end_to_end(finetuned, tmp_path):
+def test_evaluate_ollama_judge_end_to_end(finetuned, tmp_path, evaluate):
     out, _ = finetuned
     server = StubServer([(200, {"models": [{"name": "llama3.2:latest"}]}, 0.0), ollama_reply("85")])
     try:
-        run(EVALUATE, str(out / "responses.json"), "--judge-url", server.url, "--out-dir", str(tmp_path),
-            cwd=tmp_path)  # fmt: skip
+        code, _ = evaluate(str(out / "responses.json"), "--judge-url", server.url, "--out-dir", str(tmp_path))
     finally:
         server.close()
+    assert code == 0
     (row,) = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
     assert row["judge_mean"] == 85.0 and row["judge_scored"] == 4 and "rouge_l" in row
     assert server.requests[1]["json"]["model"] == "llama3.2"
 
 
-def test_bad_input_files_fail_clearly(tmp_path):
+def test_bad_input_files_fail_clearly(tmp_path, evaluate):
     broken = tmp_path / "broken.json"
     broken.write_text('[{"instruction": "a", "input": "", "output": "b",}]', encoding="utf-8")
-    done = run(EVALUATE, str(broken), "--no-judge", cwd=tmp_path, check=False)
-    assert done.returncode != 0 and "broken.json: malformed JSON at line 1, column 50" in done.stderr
-    no_response = tiny_data(tmp_path / "plain.json", n=3)
-    done = run(EVALUATE, str(no_response), "--no-judge", cwd=tmp_path, check=False)
-    assert done.returncode != 0 and "entry 0 has no key 'model_response'" in done.stderr
+    code, _ = evaluate(str(broken), "--no-judge")
+    assert "broken.json: malformed JSON at line 1, column 50" in code
+    code, _ = evaluate(str(tiny_data(tmp_path / "plain.json", n=3)), "--no-judge")
+    assert "entry 0 has no key 'model_response'" in code
+    code, _ = evaluate(str(tmp_path / "missing.json"), "--no-judge")
+    assert "no such file" in code
     done = run(FINETUNE, "--data", str(broken), "--out-dir", str(tmp_path / "x"), cwd=tmp_path, check=False)
     assert done.returncode != 0 and "malformed JSON" in done.stderr
 
