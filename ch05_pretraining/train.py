@@ -17,11 +17,27 @@ A checkpoint (``last.pth``) holds the model, the optimizer, the step, the RNG st
 arguments; ``--resume`` continues from it and gives the same losses as a run that was never
 interrupted. The arguments that shape the run (text, model, epochs, batch size, learning rates,
 seed) are taken from the checkpoint when resuming.
+
+``--data books`` pretrains the course's own base model (ch05_pretraining/base_model.ipynb) on the
+fifteen Project Gutenberg books of the registry: each book's licence header and footer are
+stripped, the books are tokenized once into uint16 token files on disk, whole books are held out
+for validation (``--val-books``), and every step trains on random windows of the token array.
+It evaluates on the held-out books every ``--eval-freq`` steps (and writes a text sample), saves
+``history.json`` for loss curves, and at the last step writes the base-model folder
+(``model.safetensors`` + ``config.json``) that ``load_base_model`` reads:
+
+    python ch05_pretraining/train.py --data books --checkpoint-dir checkpoints/books   # about 60 min
+    python ch05_pretraining/train.py --data books --checkpoint-dir checkpoints/books --resume
+    python ch05_pretraining/train.py --data books --model tiny --books 844,1513 --val-books 1513 \\
+        --steps 30 --checkpoint-dir checkpoints/books-quick   # seconds
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,19 +48,66 @@ from tqdm.auto import tqdm
 from gpt_from_scratch.ch02 import create_dataloader
 from gpt_from_scratch.ch04 import GPT_CONFIG_124M, GPTModel, gpt2_config
 from gpt_from_scratch.ch05 import (
+    fixed_windows,
     generate,
     load_checkpoint,
+    pretrain_on_tokens,
+    read_token_file,
+    save_base_model,
     save_checkpoint,
+    split_books,
+    strip_gutenberg,
     text_to_token_ids,
     token_ids_to_text,
     train_model,
+    windows_loss,
+    write_token_file,
 )
 
 TINY = {"emb_dim": 64, "n_layers": 2, "n_heads": 2, "context_length": 64}
+# The books model's size, chosen by measurement in base_model.ipynb (section 4): the widest layers
+# cost little next to the 50,257-wide output head, so depth is cheap and width is not.
+BOOKS_MODEL = {"emb_dim": 128, "n_layers": 8, "n_heads": 4, "context_length": 256}
+BOOKS_STEPS = 2400  # about 60 minutes on 2 CPU cores (measured; see the notebook)
+DEFAULTS = {  # per --data: the defaults of the options that differ between the two modes
+    "text": dict(
+        model="tiny",
+        drop_rate=0.1,
+        batch_size=2,
+        lr=4e-4,
+        min_lr=1e-5,
+        warmup=10,
+        eval_freq=10,
+        save_every=50,
+        checkpoint_dir="checkpoints/ch05",
+        prompt="Every effort moves you",
+    ),
+    "books": dict(
+        model="books",
+        drop_rate=0.0,
+        batch_size=8,
+        lr=2e-3,
+        min_lr=2e-4,
+        warmup=100,
+        eval_freq=50,
+        save_every=50,
+        checkpoint_dir="checkpoints/books",
+        prompt="It was late in the evening when",
+    ),
+}
 RUN_ARGS = (  # what defines a run; restored from the checkpoint on --resume
+    "data",
+    "books",
+    "val_books",
+    "steps",
+    "minutes",
+    "eval_windows",
     "text",
     "model",
     "context_length",
+    "emb_dim",
+    "n_layers",
+    "n_heads",
     "drop_rate",
     "epochs",
     "batch_size",
@@ -56,32 +119,66 @@ RUN_ARGS = (  # what defines a run; restored from the checkpoint on --resume
     "val_ratio",
 )
 CHECKPOINT = "last.pth"
+HISTORY = "history.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line arguments."""
+    """Command-line arguments (defaults that depend on --data are filled in from DEFAULTS)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+
+    def both(what: str) -> str:
+        return f"(default: {DEFAULTS['text'][what]} for text, {DEFAULTS['books'][what]} for books)"
+
+    p.add_argument("--data", choices=("text", "books"), default="text", help="one text file, or the books")
     p.add_argument("--text", default="the-verdict.txt", help="course file name or path to a UTF-8 text")
-    p.add_argument("--model", default="tiny", help="'tiny' or a GPT-2 size: 124M, 355M, 774M, 1558M")
-    p.add_argument("--context-length", type=int, default=None, help="default: 64 (tiny), 256 (GPT-2 sizes)")
-    p.add_argument("--drop-rate", type=float, default=0.1)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--lr", type=float, default=4e-4, help="peak learning rate")
-    p.add_argument("--min-lr", type=float, default=1e-5, help="learning rate at the last step")
-    p.add_argument("--warmup", type=int, default=10, help="warmup steps")
+    p.add_argument("--model", default=None, help=f"'tiny', 'books' or a GPT-2 size (124M...) {both('model')}")
+    p.add_argument("--context-length", type=int, default=None, help="default: 64 (tiny), else 256")
+    p.add_argument("--emb-dim", type=int, default=None, help="override the model's width")
+    p.add_argument("--n-layers", type=int, default=None, help="override the model's depth")
+    p.add_argument("--n-heads", type=int, default=None, help="override the model's number of heads")
+    p.add_argument("--drop-rate", type=float, default=None, help=both("drop_rate"))
+    p.add_argument("--epochs", type=int, default=2, help="passes over the text (text mode)")
+    p.add_argument("--batch-size", type=int, default=None, help=both("batch_size"))
+    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate {both('lr')}")
+    p.add_argument("--min-lr", type=float, default=None, help=f"last step's learning rate {both('min_lr')}")
+    p.add_argument("--warmup", type=int, default=None, help=f"warmup steps {both('warmup')}")
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--val-ratio", type=float, default=0.1, help="share of the text kept for validation")
-    p.add_argument("--eval-freq", type=int, default=10, help="evaluate every N steps")
-    p.add_argument("--eval-iter", type=int, default=5, help="batches per evaluation")
-    p.add_argument("--save-every", type=int, default=50, help="save a checkpoint every N steps")
+    p.add_argument(
+        "--books", default="all", help="books mode: Gutenberg eBook numbers, e.g. 84,98 (default: all)"
+    )
+    p.add_argument("--val-books", default="84", help="books mode: held-out books (default: 84, Frankenstein)")
+    p.add_argument("--steps", type=int, default=BOOKS_STEPS, help="books mode: training steps in all")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="books mode: set --steps so that training takes about this long (speed measured on 4 steps)",
+    )
+    p.add_argument("--eval-windows", type=int, default=32, help="books mode: windows per evaluation")
+    p.add_argument("--eval-freq", type=int, default=None, help=f"evaluate every N steps {both('eval_freq')}")
+    p.add_argument("--eval-iter", type=int, default=5, help="batches per evaluation (text mode)")
+    p.add_argument(
+        "--save-every", type=int, default=None, help=f"checkpoint every N steps {both('save_every')}"
+    )
     p.add_argument("--max-steps", type=int, default=None, help="stop after this global step (resumable)")
-    p.add_argument("--checkpoint-dir", default="checkpoints/ch05", help="where last.pth is written")
+    p.add_argument("--checkpoint-dir", default=None, help=f"folder of last.pth {both('checkpoint_dir')}")
     p.add_argument("--resume", action="store_true", help="continue from <checkpoint-dir>/last.pth")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
-    p.add_argument("--prompt", default="Every effort moves you", help="sample prompt printed at the end")
-    return p.parse_args(argv)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
+    p.add_argument("--prompt", default=None, help=f"sample prompt {both('prompt')}")
+    args = p.parse_args(argv)
+    if args.checkpoint_dir is None:
+        args.checkpoint_dir = DEFAULTS[args.data]["checkpoint_dir"]
+    return args
+
+
+def fill_defaults(args: argparse.Namespace) -> None:
+    """Give every option left unset the default of its mode (--data)."""
+    for key, value in DEFAULTS[args.data].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
 
 def read_text(name: str) -> str:
@@ -101,15 +198,234 @@ def model_config(args: argparse.Namespace) -> dict:
     """The GPT configuration for ``--model`` and ``--context-length``."""
     if args.model == "tiny":
         cfg = {**GPT_CONFIG_124M, **TINY}
+    elif args.model == "books":
+        cfg = {**GPT_CONFIG_124M, **BOOKS_MODEL}
     else:
         try:
             cfg = gpt2_config(args.model, context_length=256)
         except ValueError as err:
-            raise SystemExit(f"--model: {err}; or use 'tiny'") from None
-    if args.context_length is not None:
-        cfg["context_length"] = args.context_length
+            raise SystemExit(f"--model: {err}; or use 'tiny' or 'books'") from None
+    for key in ("context_length", "emb_dim", "n_layers", "n_heads"):
+        if getattr(args, key, None) is not None:
+            cfg[key] = getattr(args, key)
     cfg["drop_rate"] = args.drop_rate
     return cfg
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies inside it (no machine paths in logs)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def book_numbers(value: str) -> list[int]:
+    """``all`` (every registered Gutenberg book) or a comma-separated list of eBook numbers."""
+    from shared.registry import GUTENBERG_BOOKS
+
+    if value == "all":
+        return list(GUTENBERG_BOOKS)
+    numbers = [int(n) for n in value.split(",") if n.strip()]
+    unknown = sorted(set(numbers) - set(GUTENBERG_BOOKS))
+    if unknown:
+        raise SystemExit(f"--books: {unknown} are not registered; choose from {list(GUTENBERG_BOOKS)}")
+    return numbers
+
+
+def book_tokens(args: argparse.Namespace, folder: Path, tokenizer) -> tuple:
+    """The training and validation token arrays (memory-mapped), tokenized once into ``folder``."""
+    from shared.data import read_text as read_course_text
+
+    names = [f"pg{n}" for n in book_numbers(args.books)]
+    val_names = [f"pg{n}" for n in book_numbers(args.val_books)]
+    train_names, val_names = split_books(names, val_names)
+    arrays = []
+    for split, wanted in (("train", train_names), ("val", val_names)):
+        path = folder / f"{split}.bin"
+        meta = Path(f"{path}.json")
+        listed = json.loads(meta.read_text())["books"] if meta.is_file() and path.is_file() else []
+        if [b["name"] for b in listed] != wanted:  # tokenize once; again only for other books
+            texts = {n: strip_gutenberg(read_course_text(f"gutenberg/{n}.txt")) for n in wanted}
+            write_token_file(texts, tokenizer, path)
+        tokens, spans = read_token_file(path)
+        counts = ", ".join(f"{n} {end - start:,}" for n, (start, end) in spans.items())
+        print(f"{split}: {len(spans)} book(s), {len(tokens):,} tokens ({counts})")
+        arrays.append(tokens)
+    return arrays[0], arrays[1], train_names, val_names
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON, atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def steps_for_minutes(model: torch.nn.Module, train_tokens, val_tokens, device, args) -> int:
+    """Training steps that take about ``args.minutes``, from the speed of 4 trial steps (then undone)."""
+    import copy
+
+    saved = copy.deepcopy(model.state_dict())
+    trial = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    times = []
+    for step in range(4):  # one step each
+        begin = time.time()
+        pretrain_on_tokens(
+            model,
+            trial,
+            train_tokens,
+            val_tokens,
+            device,
+            total_steps=10**6,
+            batch_size=args.batch_size,
+            peak_lr=args.lr,
+            eval_every=10**9,
+            eval_windows=1,
+            seed=args.seed + step,
+            stop_at_step=1,
+        )
+        times.append(time.time() - begin)
+    model.load_state_dict(saved)  # the trial steps leave no trace
+    seconds = sorted(times[1:])[1]  # the median of the last three (the first one warms up)
+    steps = max(1, int(args.minutes * 60 * 0.95 / seconds))  # 5% for evaluations and samples
+    print(f"{seconds:.2f} s per step measured: {steps} steps for about {args.minutes:g} minutes")
+    return steps
+
+
+def train_books(args: argparse.Namespace, ckpt_path: Path) -> int:
+    """Books mode: pretrain on random windows of the Gutenberg books; write the base-model folder."""
+    from shared.runtime import get_device, set_seed
+    from shared.tokenizer import get_gpt2_tokenizer
+
+    folder = ckpt_path.parent
+    device = get_device(args.device)
+    tokenizer = get_gpt2_tokenizer()
+    train_tokens, val_tokens, train_names, val_names = book_tokens(args, folder / "tokens", tokenizer)
+    cfg = model_config(args)
+    ctx = cfg["context_length"]
+
+    set_seed(args.seed)
+    model = GPTModel(cfg).to(device)
+    if args.minutes is not None and not args.resume:
+        args.steps = steps_for_minutes(model, train_tokens, val_tokens, device, args)
+    total = args.steps
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    state = None
+    if args.resume:
+        state = load_checkpoint(ckpt_path, model, optimizer, map_location=device)
+        state.pop("cfg", None)
+        state.pop("args", None)
+        print(f"resuming from step {state['step']}")
+    end = total if args.max_steps is None else min(args.max_steps, total)
+    n_params = sum(p.numel() for p in model.parameters())
+    shape = f"emb_dim {cfg['emb_dim']}, {cfg['n_layers']} layers, {cfg['n_heads']} heads, context {ctx}"
+    threads = torch.get_num_threads()
+    print(f"model {args.model}: {n_params:,} parameters ({shape}); device {device}, {threads} thread(s)")
+    print(f"{total} steps of {args.batch_size} x {ctx} tokens in all; training until step {end}")
+
+    schedule = dict(
+        total_steps=total,
+        batch_size=args.batch_size,
+        peak_lr=args.lr,
+        min_lr=args.min_lr,
+        warmup_steps=min(args.warmup, total),
+        eval_every=args.eval_freq,
+        eval_windows=args.eval_windows,
+        seed=args.seed,
+    )
+    step = 0 if state is None else state["step"]
+    seconds_before = 0.0 if state is None else state.get("train_seconds", 0.0)
+    start, step0 = time.time(), step
+    prompt_ids = text_to_token_ids(args.prompt, tokenizer).to(device)
+
+    def on_step(live: dict) -> None:
+        """Update the bar; after an evaluation, record the time and a text sample."""
+        bar.update(1)
+        hist = live["history"]
+        done = live["step"] - step0
+        rate = done * args.batch_size * ctx / max(time.time() - start, 1e-9)
+        postfix = {"tok/s": f"{rate:,.0f}"}
+        if hist["steps"] and hist["steps"][-1] == live["step"]:  # evaluated at this step
+            live["train_seconds"] = seconds_before + time.time() - start
+            hist.setdefault("seconds", []).append(live["train_seconds"])
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(args.seed)
+                out = generate(
+                    model, prompt_ids, max_new_tokens=30, context_size=ctx, temperature=0.8, top_k=40
+                )
+            model.train()
+            text = token_ids_to_text(out.cpu(), tokenizer).replace("\n", " ")
+            sample = {"step": live["step"], "tokens_seen": live["tokens_seen"], "text": text}
+            hist.setdefault("samples", []).append(sample)
+        if hist["val_losses"]:
+            postfix["val"] = f"{hist['val_losses'][-1]:.3f}"
+        bar.set_postfix(postfix, refresh=False)
+
+    with tqdm(total=end, initial=min(step, end), unit="step", dynamic_ncols=True, mininterval=2) as bar:
+        while step < end:
+            stop = min(end, (step // args.save_every + 1) * args.save_every)
+            state = pretrain_on_tokens(
+                model,
+                optimizer,
+                train_tokens,
+                val_tokens,
+                device,
+                **schedule,
+                state=state,
+                stop_at_step=stop,
+                on_step=on_step,
+            )
+            step = state["step"]
+            state["train_seconds"] = seconds_before + time.time() - start
+            save_checkpoint(ckpt_path, model, optimizer, cfg=cfg, args=vars(args), **state)
+            write_json(folder / HISTORY, state["history"])
+    if state is None:
+        state = load_checkpoint(ckpt_path, model, map_location=device)
+        print("nothing to do: the checkpoint already reached step", state["step"])
+    else:
+        minutes = (time.time() - start) / 60
+        print(f"trained steps {step0} to {step} in {minutes:.1f} min; checkpoint saved")
+    seconds, tokens_seen = state.get("train_seconds", 0.0), state["tokens_seen"]
+    rate = tokens_seen / max(seconds, 1e-9)
+    summary = f"{tokens_seen:,} tokens seen in {seconds / 60:.1f} min ({rate:,.0f} tokens/s)"
+    print(f"step {state['step']} of {total}: {summary}")
+    if state["step"] < total:
+        print(f"not finished: run again with --resume to train up to step {total}")
+        return 0
+
+    config_file = folder / "config.json"
+    facts = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if facts.get("steps") != state["step"] or not (folder / "model.safetensors").is_file():
+        val_loss = windows_loss(model, fixed_windows(val_tokens, ctx), device)  # every held-out token
+        facts = dict(
+            tokens_seen=tokens_seen,
+            steps=state["step"],
+            batch_size=args.batch_size,
+            val_loss=val_loss,
+            val_perplexity=math.exp(val_loss),
+            books=train_names,
+            val_books=val_names,
+            val_tokens=len(val_tokens),
+            train_seconds=round(seconds, 1),
+            tokens_per_second=round(rate, 1),
+            threads=torch.get_num_threads(),
+            lr=args.lr,
+            min_lr=args.min_lr,
+            warmup=args.warmup,
+            seed=args.seed,
+            load_average=[round(x, 2) for x in os.getloadavg()],  # 1, 5, 15 min, this run included
+        )
+        save_base_model(model, folder, **facts)
+    print(
+        f"held-out loss on {', '.join(facts['val_books'])} ({len(val_tokens):,} tokens): "
+        f"{facts['val_loss']:.3f} (perplexity {facts['val_perplexity']:,.1f})"
+    )
+    print(f"books model written to {shown(folder)} (model.safetensors, config.json)")
+    model.eval()
+    out = generate(model, prompt_ids, max_new_tokens=30, context_size=ctx)
+    print("greedy sample:", token_ids_to_text(out.cpu(), tokenizer).replace("\n", " "))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +441,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume:
         saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)["extra"]["args"]
         for key in RUN_ARGS:
-            setattr(args, key, saved[key])
+            setattr(args, key, saved.get(key, "text" if key == "data" else getattr(args, key)))
+    fill_defaults(args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.data == "books":
+        return train_books(args, ckpt_path)
 
     device = get_device(args.device)
     tokenizer = get_gpt2_tokenizer()
