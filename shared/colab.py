@@ -55,9 +55,9 @@ def colab_link_cell(notebook: str) -> str:
     return f"""{LINK_MARKER}
 **Run it:** in JupyterLab from a copy of the course (see the README), or
 [open this notebook in Colab]({colab_url(notebook)}). The next cell sets the course up
-and prints the **mode**: *full* is the real course; *quick* (`%env COURSE_QUICK=1` in a new
-cell, then run the setup cell again) shrinks data, models and training steps so that the
-notebook runs in a few minutes, with numbers that differ from the text."""
+and prints the **mode** and what a full run costs: *full* is the real course; *quick*
+(`%env COURSE_QUICK=1` in a new cell, then run the notebook from the top) shrinks data, models and
+training steps so that the notebook runs in a few minutes, with numbers that differ from the text."""
 
 
 def setup_cell(chapter: str) -> str:
