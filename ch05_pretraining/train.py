@@ -26,10 +26,14 @@ It evaluates on the held-out books every ``--eval-freq`` steps (and writes a tex
 ``history.json`` for loss curves, and at the last step writes the base-model folder
 (``model.safetensors`` + ``config.json``) that ``load_base_model`` reads:
 
-    python ch05_pretraining/train.py --data books --checkpoint-dir checkpoints/books   # about 60 min
-    python ch05_pretraining/train.py --data books --checkpoint-dir checkpoints/books --resume
+    python ch05_pretraining/train.py --data books --minutes 60          # about an hour: checkpoints/books
+    python ch05_pretraining/train.py --data books --resume              # continue an interrupted run
     python ch05_pretraining/train.py --data books --model tiny --books 844,1513 --val-books 1513 \\
         --steps 30 --checkpoint-dir checkpoints/books-quick   # seconds
+
+``--minutes`` sets the number of steps (and with it the cosine schedule) from the speed of four
+timed trial steps; on a machine whose load changes, ``--resume --extend-to N`` stretches the
+schedule of a run under way to N steps (the change is recorded in history.json and config.json).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from gpt_from_scratch.ch05 import (
     fixed_windows,
     generate,
     load_checkpoint,
+    lr_at_step,
     pretrain_on_tokens,
     read_token_file,
     save_base_model,
@@ -157,6 +162,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="books mode: set --steps so that training takes about this long (speed measured on 4 steps)",
     )
     p.add_argument("--eval-windows", type=int, default=32, help="books mode: windows per evaluation")
+    p.add_argument(
+        "--extend-to",
+        type=int,
+        default=None,
+        help="books mode, with --resume: stretch the schedule to this many steps in all (the learning rate "
+        "then follows the longer cosine; the change is recorded in the run's history)",
+    )
     p.add_argument("--eval-freq", type=int, default=None, help=f"evaluate every N steps {both('eval_freq')}")
     p.add_argument("--eval-iter", type=int, default=5, help="batches per evaluation (text mode)")
     p.add_argument(
@@ -293,6 +305,28 @@ def steps_for_minutes(model: torch.nn.Module, train_tokens, val_tokens, device, 
     return steps
 
 
+def extend_schedule(state: dict, args: argparse.Namespace) -> int:
+    """Stretch a resumed run's cosine schedule to ``args.extend_to`` steps; record the change."""
+    old, step = state["total_steps"], state["step"]
+    if args.extend_to < max(old, step + 1):
+        raise SystemExit(f"--extend-to {args.extend_to}: the run already has {old} steps (at step {step})")
+    warmup = min(args.warmup, old)
+    before = lr_at_step(step, old, warmup, args.lr, args.min_lr)
+    after = lr_at_step(step, args.extend_to, min(args.warmup, args.extend_to), args.lr, args.min_lr)
+    state["total_steps"] = args.steps = args.extend_to
+    change = {
+        "step": step,
+        "from_steps": old,
+        "to_steps": args.extend_to,
+        "lr_before": before,
+        "lr_after": after,
+    }
+    state["history"].setdefault("schedule_changes", []).append(change)
+    print(f"schedule stretched at step {step} from {old} to {args.extend_to} steps", end=" ")
+    print(f"(learning rate {before:.2e} -> {after:.2e})")
+    return args.extend_to
+
+
 def train_books(args: argparse.Namespace, ckpt_path: Path) -> int:
     """Books mode: pretrain on random windows of the Gutenberg books; write the base-model folder."""
     from shared.runtime import get_device, set_seed
@@ -317,6 +351,10 @@ def train_books(args: argparse.Namespace, ckpt_path: Path) -> int:
         state.pop("cfg", None)
         state.pop("args", None)
         print(f"resuming from step {state['step']}")
+        if args.extend_to is not None:
+            total = extend_schedule(state, args)
+    elif args.extend_to is not None:
+        raise SystemExit("--extend-to needs --resume: it stretches the schedule of a run under way")
     end = total if args.max_steps is None else min(args.max_steps, total)
     n_params = sum(p.numel() for p in model.parameters())
     shape = f"emb_dim {cfg['emb_dim']}, {cfg['n_layers']} layers, {cfg['n_heads']} heads, context {ctx}"
@@ -380,8 +418,9 @@ def train_books(args: argparse.Namespace, ckpt_path: Path) -> int:
             state["train_seconds"] = seconds_before + time.time() - start
             save_checkpoint(ckpt_path, model, optimizer, cfg=cfg, args=vars(args), **state)
             write_json(folder / HISTORY, state["history"])
-    if state is None:
-        state = load_checkpoint(ckpt_path, model, map_location=device)
+    if step == step0:
+        if state is None:
+            state = load_checkpoint(ckpt_path, model, map_location=device)
         print("nothing to do: the checkpoint already reached step", state["step"])
     else:
         minutes = (time.time() - start) / 60
@@ -415,6 +454,7 @@ def train_books(args: argparse.Namespace, ckpt_path: Path) -> int:
             warmup=args.warmup,
             seed=args.seed,
             load_average=[round(x, 2) for x in os.getloadavg()],  # 1, 5, 15 min, this run included
+            schedule_changes=state["history"].get("schedule_changes", []),
         )
         save_base_model(model, folder, **facts)
     print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -127,3 +128,68 @@ def test_resume_without_checkpoint_fails_clearly(mirror, tmp_path):
 @pytest.mark.parametrize("script", [TRAIN, GENERATE])
 def test_scripts_have_help(script, tmp_path):
     assert "usage" in run(script, "--help", cwd=tmp_path)
+
+
+BOOKS_TINY = [
+    "--data",
+    "books",
+    "--books",
+    "1513,844",
+    "--val-books",
+    "844",
+    "--model",
+    "tiny",
+    "--context-length",
+    "16",
+    "--emb-dim",
+    "16",
+    "--n-layers",
+    "1",
+    "--n-heads",
+    "2",
+    "--batch-size",
+    "2",
+    "--steps",
+    "6",
+    "--eval-windows",
+    "2",
+    "--threads",
+    "1",
+    "--device",
+    "cpu",
+]
+EVERY_2 = ["--eval-freq", "2", "--save-every", "2"]  # not stored in the checkpoint: given again on resume
+
+
+def test_books_mode_resumes_exactly_and_writes_a_base_model(mirror, tmp_path):
+    from safetensors.torch import load_file
+
+    from gpt_from_scratch.ch05 import load_base_model
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    out = run(TRAIN, *BOOKS_TINY, *EVERY_2, "--checkpoint-dir", str(straight), cwd=tmp_path)
+    assert "train: 1 book(s)" in out and "val: 1 book(s)" in out and "pg844" in out
+    assert "held-out loss on pg844" in out and "books model written to straight" in out
+
+    out = run(TRAIN, *BOOKS_TINY, *EVERY_2, "--max-steps", "3", "--checkpoint-dir", str(split), cwd=tmp_path)
+    assert "not finished" in out and not (split / "model.safetensors").exists()
+    out = run(TRAIN, "--data", "books", "--resume", *EVERY_2, "--checkpoint-dir", str(split), cwd=tmp_path)
+    assert "resuming from step 3" in out and "books model written" in out
+
+    a, b = (json.loads((d / "history.json").read_text()) for d in (straight, split))
+    assert a["steps"] == [2, 4, 6] and len(a["batch_losses"]) == 6
+    for key in ("batch_losses", "val_losses", "train_losses", "tokens_seen", "lrs", "samples"):
+        assert a[key] == b[key], key  # the resumed run continues exactly
+    wa, wb = (load_file(str(d / "model.safetensors")) for d in (straight, split))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    config = json.loads((straight / "config.json").read_text())
+    assert config["tokenizer"] == "gpt2" and config["model"]["emb_dim"] == 16
+    assert config["books"] == ["pg1513"] and config["val_books"] == ["pg844"]
+    assert config["tokens_seen"] == 6 * 2 * 16 and config["steps"] == 6
+    model, source = load_base_model(weights="books", books_dir=straight)
+    assert "books model (straight" in source and not model.training
+
+    out = run(TRAIN, "--data", "books", "--resume", *EVERY_2, "--checkpoint-dir", str(straight), cwd=tmp_path)
+    assert "nothing to do" in out
+    assert json.loads((straight / "config.json").read_text()) == config  # the run's facts are kept
