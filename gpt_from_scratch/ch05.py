@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, SequentialSampler
 
-from .ch04 import GPTModel, generate_text_simple, gpt2_config
+from .ch04 import GPT2_PRESETS, GPTModel, generate_text_simple, gpt2_config
 
 
 # Source: ch05_pretraining/ch05.ipynb, 5.1.1 Text in, token IDs out, and back
@@ -754,12 +754,14 @@ def save_base_model(model: nn.Module, folder: str | os.PathLike, **facts) -> Pat
 # Source: ch05_pretraining/base_model.ipynb, 9. One loader for every later chapter
 BASE_WEIGHTS_ENV = "COURSE_BASE_WEIGHTS"
 GPT2_SAFETENSORS_URL = "https://huggingface.co/openai-community/{repo}/resolve/main/model.safetensors"
-GPT2_DOWNLOADS = {  # size -> (Hugging Face repository, approximate size of model.safetensors)
-    "124M": ("gpt2", "0.5 GB"),
-    "355M": ("gpt2-medium", "1.5 GB"),
-    "774M": ("gpt2-large", "3.3 GB"),
-    "1558M": ("gpt2-xl", "6.4 GB"),
-}
+# GPT-2 size -> (Hugging Face repository, approximate size of its model.safetensors), smallest first
+GPT2_DOWNLOADS = dict(
+    zip(
+        GPT2_PRESETS,
+        [("gpt2", "0.5 GB"), ("gpt2-medium", "1.5 GB"), ("gpt2-large", "3.3 GB"), ("gpt2-xl", "6.4 GB")],
+        strict=True,
+    )
+)
 BOOKS_COMMAND = "python ch05_pretraining/train.py --data books --minutes 60"
 
 
