@@ -6,7 +6,7 @@ export cells, so this script uses the very ``InstructionDataset``, ``instruction
 
 Examples (from the repository root):
 
-    python ch07_instruction/finetune.py --epochs 2 --lr 1e-4 --out-dir runs/ch07
+    python ch07_instruction/finetune.py --epochs 2 --lr 2e-4 --out-dir runs/ch07
     python ch07_instruction/finetune.py --mask-prompt --out-dir runs/ch07-masked
     python ch07_instruction/finetune.py --weights gpt2 --size 355M --lr 5e-5   # the book's set-up
     python ch07_instruction/finetune.py --limit 40 --epochs 1 --out-dir runs/smoke  # a quick check
@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init-from", default=None, help="start from this finetuned checkpoint (model.pth)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=2e-4, help="the book uses 5e-5 for GPT-2 355M")
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--max-length", type=int, default=128, help="truncate examples (capped at the context)")
     p.add_argument("--mask-prompt", action="store_true", help="leave the prompt tokens out of the loss")
