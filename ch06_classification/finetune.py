@@ -8,7 +8,7 @@ Examples (from the repository root):
 
     python ch06_classification/finetune.py                        # the chapter's run (last block)
     python ch06_classification/finetune.py --weights books --epochs 3
-    python ch06_classification/finetune.py --lora --rank 8 --alpha 16 --lr 5e-4
+    python ch06_classification/finetune.py --lora --rank 8 --alpha 16
     python ch06_classification/finetune.py --trainable all --checkpoint-dir checkpoints/ch06-all
     python ch06_classification/finetune.py --classify "WINNER! Claim your prize now" "See you at 6"
     python ch06_classification/finetune.py --quick                # a subset and one short epoch
@@ -52,6 +52,8 @@ from gpt_from_scratch.ch06 import (
 )
 
 CHECKPOINT = "classifier.pth"
+# The chapter's learning rates: (GPT-2 weights, the books model), for the last block and for LoRA
+DEFAULT_LR = {"last_block": (5e-5, 3e-4), "lora": (5e-4, 2e-3)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,9 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lora", action="store_true", help="train LoRA adapters on every linear layer instead")
     p.add_argument("--rank", type=int, default=8, help="LoRA rank")
     p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (updates scaled by alpha/rank)")
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--lr", type=float, default=None, help="default: as in the chapter, see DEFAULT_LR")
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument(
         "--max-length",
@@ -161,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     except BaseModelUnavailable as err:
         raise SystemExit(f"no base model: {err}") from None
     print(source)
+    if args.lr is None:
+        gpt2_loaded = source.startswith("OpenAI's GPT-2")
+        args.lr = DEFAULT_LR["lora" if args.lora else "last_block"][0 if gpt2_loaded else 1]
     context_length = model.cfg["context_length"]
 
     train_ds = SpamDataset(train_df, tokenizer, max_length=args.max_length)
@@ -186,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         apply_lora(model, rank=args.rank, alpha=args.alpha)
     trainable, total = parameter_counts(model)
     what = f"LoRA rank {args.rank}, alpha {args.alpha}" if args.lora else args.trainable
-    print(f"training {trainable:,} of {total:,} parameters ({what}); device {device}")
+    print(
+        f"training {trainable:,} of {total:,} parameters ({what}), learning rate {args.lr:g}; device {device}"
+    )
 
     # Finetuning (section 6.7), with a progress bar and a checkpoint after every epoch
     params = [p for p in model.parameters() if p.requires_grad]

@@ -1227,7 +1227,7 @@ def sample_windows(
 
 
 def fixed_windows(tokens: np.ndarray, context_length: int, n_windows: int | None = None) -> torch.Tensor:
-    """Non-overlapping windows of T + 1 tokens, evenly spread over ``tokens`` (all of them if None): (n, T + 1)."""
+    """Non-overlapping (n, T + 1) windows spread evenly over ``tokens`` (as many as fit if None)."""
     n_all = (len(tokens) - 1) // context_length  # windows that share one token at each border
     if n_all < 1:
         raise ValueError(f"{len(tokens)} tokens are too few for a window of {context_length} + 1 tokens")
@@ -1373,13 +1373,15 @@ def save_base_model(model: nn.Module, folder: str | os.PathLike, **facts) -> Pat
 # Source: ch05_pretraining/base_model.ipynb, 9. One loader for every later chapter
 BASE_WEIGHTS_ENV = "COURSE_BASE_WEIGHTS"
 GPT2_SAFETENSORS_URL = "https://huggingface.co/openai-community/{repo}/resolve/main/model.safetensors"
-GPT2_DOWNLOADS = {  # size -> (Hugging Face repository, approximate size of model.safetensors)
-    "124M": ("gpt2", "0.5 GB"),
-    "355M": ("gpt2-medium", "1.5 GB"),
-    "774M": ("gpt2-large", "3.3 GB"),
-    "1558M": ("gpt2-xl", "6.4 GB"),
-}
-BOOKS_COMMAND = "python ch05_pretraining/train.py --data books --checkpoint-dir checkpoints/books"
+# GPT-2 size -> (Hugging Face repository, approximate size of its model.safetensors), smallest first
+GPT2_DOWNLOADS = dict(
+    zip(
+        GPT2_PRESETS,
+        [("gpt2", "0.5 GB"), ("gpt2-medium", "1.5 GB"), ("gpt2-large", "3.3 GB"), ("gpt2-xl", "6.4 GB")],
+        strict=True,
+    )
+)
+BOOKS_COMMAND = "python ch05_pretraining/train.py --data books --minutes 60"
 
 
 class BaseModelUnavailable(FileNotFoundError):
@@ -1457,5 +1459,5 @@ def load_base_model(
         "    (the course does it with shared.data.fetch_gpt2_safetensors; pass it as gpt2_download);\n"
         "  - or pretrain the course's own books model (about 60 minutes on 2 CPU cores), from the\n"
         f"    repository root: {BOOKS_COMMAND}\n"
-        "    (with COURSE_QUICK=1 the notebook ch05_pretraining/base_model.ipynb makes a tiny one in seconds)."
+        "    (in quick mode, COURSE_QUICK=1, ch05_pretraining/base_model.ipynb makes a tiny one in seconds)."
     )
