@@ -54,8 +54,9 @@ from gpt_from_scratch.ch07 import (
     save_responses,
     split_instruction_data,
 )
+from shared.runtime import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

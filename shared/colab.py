@@ -98,9 +98,9 @@ def _missing_packages() -> list[str]:
 
 def setup_course(chapter: str) -> None:
     """Install what Colab lacks, work in (and import from) ``chapter``'s folder, print the mode."""
+    from shared.runtime import REPO_ROOT as root  # the course's folder, wherever it was cloned
     from shared.runtime import mode_banner
 
-    root = Path(__file__).resolve().parent.parent
     folder = root / chapter
     missing = _missing_packages()
     if missing:  # Colab has torch, numpy and matplotlib, but not these

@@ -20,8 +20,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from shared.registry import FILES, GPT2_CKPT_FILES, GPT2_HF_REPOS, GPT2_SIZES, RemoteFile
+from shared.runtime import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 CHUNK = 1 << 16
 
 

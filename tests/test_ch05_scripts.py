@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+from shared.runtime import REPO_ROOT
+
+ROOT = REPO_ROOT
 TRAIN = ROOT / "ch05_pretraining" / "train.py"
 GENERATE = ROOT / "ch05_pretraining" / "generate.py"
 TINY = [

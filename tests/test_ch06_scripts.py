@@ -13,8 +13,9 @@ import torch
 
 from gpt_from_scratch.ch04 import GPT_CONFIG_124M, GPTModel
 from gpt_from_scratch.ch06 import load_classifier
+from shared.runtime import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 FINETUNE = ROOT / "ch06_classification" / "finetune.py"
 
 

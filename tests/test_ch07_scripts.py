@@ -19,8 +19,9 @@ from test_ch07_judge import StubServer, free_port, ollama_reply, openai_reply
 
 from gpt_from_scratch.ch04 import GPT_CONFIG_124M, GPTModel
 from gpt_from_scratch.ch05 import load_checkpoint
+from shared.runtime import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 FINETUNE = ROOT / "ch07_instruction" / "finetune.py"
 EVALUATE = ROOT / "ch07_instruction" / "evaluate.py"
 TINY = {**GPT_CONFIG_124M, "context_length": 96, "emb_dim": 32, "n_heads": 2, "n_layers": 1, "drop_rate": 0.0}

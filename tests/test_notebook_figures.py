@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from shared.runtime import REPO_ROOT
+
+ROOT = REPO_ROOT
 NOTEBOOKS = sorted(p for p in ROOT.glob("ch*_*/*.ipynb") if ".ipynb_checkpoints" not in p.parts)
 MARKDOWN_IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)")
 SHOW = re.compile(r'show_figure\(\s*fig\w*,\s*"(ch\d\d)",\s*"(\w+)"')

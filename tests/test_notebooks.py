@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from shared.runtime import REPO_ROOT
+
+ROOT = REPO_ROOT
 NOTEBOOKS = sorted(p for p in ROOT.glob("ch*_*/*.ipynb") if ".ipynb_checkpoints" not in p.parts)
 MACHINE_PATH = re.compile(r"/(work|tmp|root|home|Users|content)/[A-Za-z0-9_.-]+")
 

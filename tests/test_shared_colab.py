@@ -30,9 +30,10 @@ from shared.colab import (
     setup_cell,
     with_colab_links,
 )
+from shared.runtime import REPO_ROOT
 from tools.export import chapter_dirs, chapter_notebooks
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 STAND_IN = 'import sys, types\nsys.modules["google.colab"] = types.ModuleType("google.colab")  # not Colab'
 
 

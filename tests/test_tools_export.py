@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from shared.runtime import REPO_ROOT
 from tools import export
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 BLOCK_COURSE = """
 import sys
 class BlockCourse:
