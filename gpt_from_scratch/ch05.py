@@ -9,10 +9,12 @@ import math
 import os
 import re
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, SequentialSampler
@@ -442,6 +444,22 @@ def epoch_batches(
 
 
 # Source: ch05_pretraining/ch05.ipynb, 5.6.1 Reproducible data order and exact resuming
+def ddp_rank_and_size(model: nn.Module) -> tuple[int, int]:
+    """This process's rank and the number of processes for a DistributedDataParallel model, else (0, 1)."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def mean_across_ranks(value: torch.Tensor, world_size: int) -> float:
+    """A scalar averaged over the ``world_size`` processes of a torchrun run (itself for one process)."""
+    if world_size > 1:
+        value = value.detach().clone()
+        dist.all_reduce(value)  # the sum over all processes, on every process
+        value = value / world_size
+    return value.item()
+
+
 def train_model(
     model: nn.Module,
     train_loader,
@@ -459,14 +477,27 @@ def train_model(
     state: dict | None = None,
     stop_at_step: int | None = None,
     verbose: bool = True,
+    precision: str = "fp32",
 ) -> dict:
-    """Train with warmup, cosine decay and gradient clipping; resumable from a returned ``state``."""
+    """Train with warmup, cosine decay and gradient clipping; resumable from a returned ``state``.
+
+    ``precision="bf16"`` runs the forward pass and the loss under bfloat16 autocast. Under torchrun,
+    pass the model wrapped in DistributedDataParallel: each process trains on its equal share of the
+    rows of every batch, the logged batch loss is the mean over all processes, and rank 0 evaluates.
+    """
     dataset, batch_size, drop_last = train_loader.dataset, train_loader.batch_size, train_loader.drop_last
     shuffle = not isinstance(train_loader.sampler, SequentialSampler)  # honour the loader's shuffle=...
     steps_per_epoch = len(dataset) // batch_size if drop_last else -(-len(dataset) // batch_size)
     total_steps = num_epochs * steps_per_epoch
     if steps_per_epoch == 0:
         raise ValueError("the training loader has no batches: use more text or a smaller batch or context")
+    rank, world_size = ddp_rank_and_size(model)  # (0, 1) without torchrun
+    if batch_size % world_size or (not drop_last and len(dataset) % batch_size % world_size):
+        raise ValueError(f"every batch must split into {world_size} equal shares (batch size, drop_last)")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    bf16 = precision == "bf16"
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else nullcontext()
     if state is None:
         keys = ("steps", "train_losses", "val_losses", "tokens_seen", "lrs", "batch_losses")
         history = {key: [] for key in keys}
@@ -498,15 +529,19 @@ def train_model(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad()
-            loss = calc_loss_batch(input_batch, target_batch, model, device)
+            share = len(input_batch) // world_size  # rows per process: all of them for one process
+            rows = slice(rank * share, (rank + 1) * share)  # this process's rows of the batch
+            with autocast:
+                loss = calc_loss_batch(input_batch[rows], target_batch[rows], model, device)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=max_grad_norm)
             optimizer.step()
             tokens_seen += input_batch.numel()
             history["lrs"].append(lr)
-            history["batch_losses"].append(loss.item())
-            if step % eval_freq == 0:
-                train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device, eval_iter)
+            history["batch_losses"].append(mean_across_ranks(loss, world_size))
+            if rank == 0 and step % eval_freq == 0:
+                bare = getattr(model, "module", model)  # the model itself, outside DDP
+                train_loss, val_loss = evaluate_model(bare, train_loader, val_loader, device, eval_iter)
                 history["steps"].append(step)
                 history["train_losses"].append(train_loss)
                 history["val_losses"].append(val_loss)
