@@ -13,10 +13,12 @@ import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
@@ -488,43 +490,8 @@ def generate_text_simple(
 
 
 # Source: ch04_gpt_model/ch04.ipynb, 4.8.1 Implementation
-MATVEC_MAX_ROWS = 8  # _linear uses torch.bmm for at most this many rows (0: always call the layer)
-
-
-@functools.cache
-def _num_groups(n: int) -> int:
-    """The smallest divisor of ``n`` from 2 to 64, or 1 if there is none."""
-    return next((k for k in range(2, 65) if n % k == 0), 1)
-
-
-def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """``layer(x)`` for x of shape (rows, in); with few rows, computed as a batched product.
-
-    The weight (out, in) is viewed, not copied, as ``groups`` blocks of rows and multiplied with
-    ``torch.bmm``: the same dot products as ``layer(x)``, but on CPU this product of a few rows
-    with a large matrix runs faster than the one ``nn.Linear`` calls (see section 4.8.1). Other
-    cases (more rows, no divisor, a non-contiguous weight, not a plain ``nn.Linear``, not on CPU)
-    call the layer.
-    """
-    rows = x.shape[0]
-    if type(layer) is not nn.Linear or x.dim() != 2 or rows > MATVEC_MAX_ROWS or x.device.type != "cpu":
-        return layer(x)  # the batched product is for a few rows on CPU, where it was measured
-    out_features, in_features = layer.weight.shape
-    groups = _num_groups(out_features)
-    if groups == 1 or not layer.weight.is_contiguous():  # no divisor from 2 to 64, or no view possible
-        return layer(x)
-    weight = layer.weight.view(groups, out_features // groups, in_features)  # (groups, out/groups, in)
-    y = torch.bmm(weight, x.T.expand(groups, in_features, rows))  # (groups, out/groups, rows)
-    y = y.view(out_features, rows).T  # (rows, out), a transposed view: not contiguous
-    return y if layer.bias is None else y + layer.bias
-
-
 class KVCache:
-    """Keys and values of the tokens seen so far, per layer, in buffers preallocated to ``max_len``.
-
-    It holds no weights, only the keys and values, so it can be reused for any model with the
-    same configuration, dtype and device (``generate_text_cached`` resets it first).
-    """
+    """Keys and values of the tokens seen so far, per layer, in buffers preallocated to ``max_len``."""
 
     def __init__(self, model: nn.Module, batch_size: int, max_len: int | None = None):
         cfg = model.cfg
@@ -533,11 +500,10 @@ class KVCache:
             raise ValueError(f"max_len must be in 1..{cfg['context_length']}, got {self.max_len}")
         self.batch_size = batch_size
         head_dim = cfg["emb_dim"] // cfg["n_heads"]
-        weight = model.tok_emb.weight
         shape = (cfg["n_layers"], batch_size, cfg["n_heads"], self.max_len, head_dim)
-        with torch.inference_mode():  # the buffers are written only under inference mode
-            self.keys = torch.empty(shape, dtype=weight.dtype, device=weight.device)
-            self.values = torch.empty(shape, dtype=weight.dtype, device=weight.device)
+        weight = model.tok_emb.weight  # the buffers take the model's dtype and device
+        self.keys = torch.empty(shape, dtype=weight.dtype, device=weight.device)
+        self.values = torch.empty(shape, dtype=weight.dtype, device=weight.device)
         self.length = 0  # how many positions hold valid keys and values
 
     def reset(self) -> None:
@@ -545,73 +511,70 @@ class KVCache:
         self.length = 0
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def forward_with_cache(
     model: nn.Module, idx: torch.Tensor, cache: KVCache, last_only: bool = False
 ) -> torch.Tensor:
-    """Logits for new tokens ``idx`` (b, T) that continue the cached ones; updates ``cache``.
+    """Logits for new tokens ``idx`` (b, T) that continue the cached ones; adds their keys and values.
 
-    Uses the model's own modules and weights and the same math as ``MultiHeadAttention``
-    (scores / sqrt(head_dim), softmax, times the values); dropout is skipped, so the model must
-    be in eval mode. With ``last_only`` only the last position's logits are computed: (b, 1, vocab).
+    Uses the model's own modules and the same math as ``MultiHeadAttention``; dropout is skipped,
+    so the model must be in eval mode. With ``last_only`` only the last position's logits are
+    computed: (b, 1, vocab_size).
     """
     if model.training:
         raise RuntimeError("forward_with_cache is for inference: call model.eval() first")
     b, num_new = idx.shape
-    start, end = cache.length, cache.length + num_new
-    if end > cache.max_len:
+    start, end = cache.length, cache.length + num_new  # the new tokens' positions
+    if b != cache.batch_size or end > cache.max_len:
         raise ValueError(
-            f"{start} cached + {num_new} new tokens exceed the cache length {cache.max_len}; "
-            "reset the cache and prefill a cropped window"
+            f"{b} sequences of {start} cached + {num_new} new tokens do not fit a cache for "
+            f"{cache.batch_size} sequences of {cache.max_len} tokens"
         )
-    emb_dim = model.cfg["emb_dim"]
     x = model.tok_emb(idx) + model.pos_emb.weight[start:end]  # (b, T, emb_dim)
-    x = x.view(b * num_new, emb_dim)  # (b*T, emb_dim): one row per token for the linear layers
     for layer, block in enumerate(model.trf_blocks):
         att = block.att
-        h = block.norm1(x)  # (b*T, emb_dim)
-        # (b*T, d_out) -> (b, T, n_heads, head_dim) -> (b, n_heads, T, head_dim)
-        q, k, v = (
-            _linear(h, lin).view(b, num_new, att.num_heads, att.head_dim).transpose(1, 2)
-            for lin in (att.W_query, att.W_key, att.W_value)
-        )
-        cache.keys[layer, :, :, start:end] = k  # written in place into the preallocated buffer
-        cache.values[layer, :, :, start:end] = v
-        keys = cache.keys[layer, :, :, :end]  # (b, n_heads, end, head_dim)
+        h = block.norm1(x)  # (b, T, emb_dim)
+        queries = att.split_heads(att.W_query(h))  # (b, T, d_out) -> (b, n_heads, T, head_dim)
+        cache.keys[layer, :, :, start:end] = att.split_heads(att.W_key(h))  # (b, n_heads, T, head_dim)
+        cache.values[layer, :, :, start:end] = att.split_heads(att.W_value(h))
+        keys = cache.keys[layer, :, :, :end]  # (b, n_heads, end, head_dim): cached and new
         values = cache.values[layer, :, :, :end]  # (b, n_heads, end, head_dim)
-        scores = q @ keys.transpose(2, 3)  # (b, n_heads, T, end)
-        if num_new > 1:  # a single new token may see every cached one: nothing to mask
-            scores = scores.masked_fill(att.mask[start:end, :end], float("-inf"))
+        scores = queries @ keys.transpose(2, 3)  # (b, n_heads, T, end)
+        scores = scores.masked_fill(att.mask[start:end, :end], float("-inf"))  # the new positions' rows
         weights = torch.softmax(scores / att.head_dim**0.5, dim=-1)
-        context = (weights @ values).transpose(1, 2).reshape(b * num_new, att.d_out)  # (b*T, d_out)
-        x = x + _linear(context, att.out_proj)
-        fc1, gelu, fc2 = block.ff.layers
-        x = x + _linear(gelu(_linear(block.norm2(x), fc1)), fc2)
+        context = (weights @ values).transpose(1, 2)  # (b, T, n_heads, head_dim)
+        context = context.reshape(b, num_new, att.d_out)  # (b, T, d_out)
+        x = x + att.out_proj(context)  # (b, T, emb_dim)
+        x = x + block.ff(block.norm2(x))  # (b, T, emb_dim)
     cache.length = end
-    x = x.view(b, num_new, emb_dim)  # (b, T, emb_dim)
     if last_only:
         x = x[:, -1:]  # (b, 1, emb_dim)
-    x = model.final_norm(x)
-    logits = _linear(x.reshape(-1, emb_dim), model.out_head)  # (b*T or b, vocab_size)
-    return logits.view(b, x.shape[1], -1)  # (b, T or 1, vocab_size)
+    return model.out_head(model.final_norm(x))  # (b, T or 1, vocab_size)
 
 
+# Source: ch04_gpt_model/ch04.ipynb, 4.8.1 Implementation
 def generate_text_cached(
     model: nn.Module, idx: torch.Tensor, max_new_tokens: int, context_size: int, cache: KVCache | None = None
 ) -> torch.Tensor:
     """Greedy decoding with a KV cache: the same tokens as ``generate_text_simple``, faster.
 
-    Each step feeds only the newest token. Once the sequence is longer than ``context_size``,
-    the uncached loop crops its window, which shifts every position; to match it exactly the
-    cache is then cleared and the cropped window is recomputed (prefilled) at each step.
-    A ``cache`` built for this model and batch size may be passed in to be reused (it is reset).
+    Each step feeds only the newest token. Once the sequence is longer than ``context_size``, the
+    window slides, which shifts every position: the cache is then cleared and the cropped window
+    recomputed at each step. A ``cache`` for this model and batch size may be passed in to be reused.
     """
     if idx.dim() != 2 or idx.shape[1] == 0:
         raise ValueError(
             f"idx must have shape (batch, tokens) with at least one token, got {tuple(idx.shape)}"
         )
     b, num_prompt = idx.shape
-    window = min(context_size, model.cfg["context_length"])
+    context_length = model.cfg["context_length"]
+    longest = min(num_prompt + max_new_tokens - 1, context_size)  # the longest window the model gets
+    if max_new_tokens > 0 and longest > context_length:  # generate_text_simple fails here too
+        raise ValueError(
+            f"input has {longest} tokens, more than the context length {context_length}; "
+            f"use a context_size of at most {context_length}"
+        )
+    window = min(context_size, context_length)
     if cache is None:
         cache = KVCache(model, b, max_len=window)
     elif cache.batch_size != b or cache.max_len < window:
@@ -620,23 +583,17 @@ def generate_text_cached(
             f"but this call needs batch size {b} and {window} tokens"
         )
     cache.reset()
-    with torch.inference_mode():
-        out = torch.empty(b, num_prompt + max_new_tokens, dtype=idx.dtype, device=idx.device)
-        out[:, :num_prompt] = idx
-        end = num_prompt
-        if max_new_tokens > 0:
-            logits = forward_with_cache(model, idx[:, -context_size:], cache, last_only=True)
-        for step in range(max_new_tokens):
-            out[:, end : end + 1] = logits[:, -1].argmax(dim=-1, keepdim=True)  # (b, 1)
-            end += 1
-            if step == max_new_tokens - 1:
-                break  # the last token needs no logits after it
-            if cache.length < window:
-                logits = forward_with_cache(model, out[:, end - 1 : end], cache, last_only=True)
-            else:  # window full: positions shift, so recompute the cropped window from scratch
-                cache.reset()
-                logits = forward_with_cache(model, out[:, end - context_size : end], cache, last_only=True)
-    return out.clone()  # an ordinary tensor, usable outside inference mode
+    new_ids = idx[:, -context_size:]  # the first step feeds the (cropped) prompt
+    for _ in range(max_new_tokens):
+        logits = forward_with_cache(model, new_ids, cache, last_only=True)  # (b, 1, vocab_size)
+        next_id = logits[:, -1, :].argmax(dim=-1, keepdim=True)  # (b, 1)
+        idx = torch.cat([idx, next_id], dim=1)  # (b, T + 1)
+        if cache.length < context_size:  # the window still grows: feed only the new token
+            new_ids = next_id
+        else:  # the window slides: positions shift, so recompute the cropped window
+            cache.reset()
+            new_ids = idx[:, -context_size:]
+    return idx
 
 
 # Source: ch05_pretraining/ch05.ipynb, 5.1.1 Text in, token IDs out, and back
@@ -1061,6 +1018,22 @@ def epoch_batches(
 
 
 # Source: ch05_pretraining/ch05.ipynb, 5.6.1 Reproducible data order and exact resuming
+def ddp_rank_and_size(model: nn.Module) -> tuple[int, int]:
+    """This process's rank and the number of processes for a DistributedDataParallel model, else (0, 1)."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def mean_across_ranks(value: torch.Tensor, world_size: int) -> float:
+    """A scalar averaged over the ``world_size`` processes of a torchrun run (itself for one process)."""
+    if world_size > 1:
+        value = value.detach().clone()
+        dist.all_reduce(value)  # the sum over all processes, on every process
+        value = value / world_size
+    return value.item()
+
+
 def train_model(
     model: nn.Module,
     train_loader,
@@ -1078,14 +1051,27 @@ def train_model(
     state: dict | None = None,
     stop_at_step: int | None = None,
     verbose: bool = True,
+    precision: str = "fp32",
 ) -> dict:
-    """Train with warmup, cosine decay and gradient clipping; resumable from a returned ``state``."""
+    """Train with warmup, cosine decay and gradient clipping; resumable from a returned ``state``.
+
+    ``precision="bf16"`` runs the forward pass and the loss under bfloat16 autocast. Under torchrun,
+    pass the model wrapped in DistributedDataParallel: each process trains on its equal share of the
+    rows of every batch, the logged batch loss is the mean over all processes, and rank 0 evaluates.
+    """
     dataset, batch_size, drop_last = train_loader.dataset, train_loader.batch_size, train_loader.drop_last
     shuffle = not isinstance(train_loader.sampler, SequentialSampler)  # honour the loader's shuffle=...
     steps_per_epoch = len(dataset) // batch_size if drop_last else -(-len(dataset) // batch_size)
     total_steps = num_epochs * steps_per_epoch
     if steps_per_epoch == 0:
         raise ValueError("the training loader has no batches: use more text or a smaller batch or context")
+    rank, world_size = ddp_rank_and_size(model)  # (0, 1) without torchrun
+    if batch_size % world_size or (not drop_last and len(dataset) % batch_size % world_size):
+        raise ValueError(f"every batch must split into {world_size} equal shares (batch size, drop_last)")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    bf16 = precision == "bf16"
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else nullcontext()
     if state is None:
         keys = ("steps", "train_losses", "val_losses", "tokens_seen", "lrs", "batch_losses")
         history = {key: [] for key in keys}
@@ -1117,15 +1103,19 @@ def train_model(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad()
-            loss = calc_loss_batch(input_batch, target_batch, model, device)
+            share = len(input_batch) // world_size  # rows per process: all of them for one process
+            rows = slice(rank * share, (rank + 1) * share)  # this process's rows of the batch
+            with autocast:
+                loss = calc_loss_batch(input_batch[rows], target_batch[rows], model, device)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=max_grad_norm)
             optimizer.step()
             tokens_seen += input_batch.numel()
             history["lrs"].append(lr)
-            history["batch_losses"].append(loss.item())
-            if step % eval_freq == 0:
-                train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device, eval_iter)
+            history["batch_losses"].append(mean_across_ranks(loss, world_size))
+            if rank == 0 and step % eval_freq == 0:
+                bare = getattr(model, "module", model)  # the model itself, outside DDP
+                train_loss, val_loss = evaluate_model(bare, train_loader, val_loader, device, eval_iter)
                 history["steps"].append(step)
                 history["train_losses"].append(train_loss)
                 history["val_losses"].append(val_loss)

@@ -5,12 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import gpt_from_scratch.ch04 as ch04
 from gpt_from_scratch.ch04 import (
     GPTModel,
     KVCache,
-    _linear,
-    _num_groups,
     forward_with_cache,
     generate_text_cached,
     generate_text_simple,
@@ -37,6 +34,14 @@ def make_model(small_cfg, qkv_bias: bool, seed: int = 0):
     return model
 
 
+def outcome(generate, *args):
+    """The tokens a generator returns, or the type of the error it raises."""
+    try:
+        return generate(*args)
+    except (ValueError, RuntimeError) as err:
+        return type(err)
+
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -54,17 +59,51 @@ def test_same_tokens_as_uncached(small_cfg, qkv_bias, batch, prompt_len):
     assert torch.equal(got, expected)
 
 
-def test_same_tokens_with_a_smaller_window(small_cfg):
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("context_size", [1, 6, CTX])
+@pytest.mark.parametrize("prompt_len", [2, 9, CTX + 3])  # shorter and longer than the smaller windows
+def test_same_tokens_with_a_window_up_to_the_context(small_cfg, batch, context_size, prompt_len):
     model = make_model(small_cfg, qkv_bias=True, seed=3)
-    idx = torch.randint(0, small_cfg["vocab_size"], (2, 4))
-    expected = generate_text_simple(model, idx, max_new_tokens=15, context_size=6)
-    assert torch.equal(generate_text_cached(model, idx, 15, 6), expected)
+    torch.manual_seed(context_size * 31 + prompt_len)
+    idx = torch.randint(0, small_cfg["vocab_size"], (batch, prompt_len))
+    expected = generate_text_simple(model, idx, max_new_tokens=15, context_size=context_size)
+    assert torch.equal(generate_text_cached(model, idx, 15, context_size), expected)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize(
+    ("prompt_len", "new", "context_size"),
+    [
+        (4, 13, CTX + 4),  # longest window 16 = the context length: fits, nothing cropped
+        (4, 12, 100),  # 15 tokens
+        (CTX, 1, CTX + 1),  # a full-length prompt and one new token
+        (4, 14, CTX + 1),  # 17 tokens: too many for the model
+        (4, 20, 40),  # used to return wrong tokens silently (a negative slice start)
+        (2, 30, 100),  # used to fail with the cache's error, not the context length's
+        (CTX + 2, 3, CTX + 4),  # a prompt longer than the context, not cropped by the window
+    ],
+)
+def test_context_size_larger_than_the_context_length(small_cfg, batch, prompt_len, new, context_size):
+    """Same tokens where the uncached loop works; a ValueError naming the context length where it fails."""
+    model = make_model(small_cfg, qkv_bias=False, seed=4)
+    torch.manual_seed(prompt_len + new)
+    idx = torch.randint(0, small_cfg["vocab_size"], (batch, prompt_len))
+    expected = outcome(generate_text_simple, model, idx, new, context_size)
+    got = outcome(generate_text_cached, model, idx, new, context_size)
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(got, torch.Tensor) and torch.equal(got, expected)
+    else:
+        assert expected is got is ValueError
+        with pytest.raises(ValueError, match="more than the context length 16"):
+            generate_text_cached(model, idx, new, context_size)
 
 
 def test_zero_new_tokens_and_empty_prompt(small_cfg):
     model = make_model(small_cfg, qkv_bias=False)
-    idx = torch.randint(0, small_cfg["vocab_size"], (1, 5))
-    assert torch.equal(generate_text_cached(model, idx, 0, CTX), idx)
+    for batch, prompt_len, context_size in [(1, 5, CTX), (2, CTX + 3, CTX), (2, CTX + 3, CTX + 10)]:
+        idx = torch.randint(0, small_cfg["vocab_size"], (batch, prompt_len))
+        assert torch.equal(generate_text_cached(model, idx, 0, context_size), idx)
+        assert torch.equal(generate_text_simple(model, idx, 0, context_size), idx)
     with pytest.raises(ValueError):
         generate_text_cached(model, torch.zeros(1, 0, dtype=torch.long), 3, CTX)
 
@@ -92,6 +131,16 @@ def test_step_logits_match_uncached_last_position(small_cfg, qkv_bias):
         torch.testing.assert_close(step[:, -1], want, atol=1e-5, rtol=0)
 
 
+def test_a_planted_error_is_caught(small_cfg, monkeypatch):
+    """A cache that gives the new token the wrong position changes the tokens: the comparison sees it."""
+    model = make_model(small_cfg, qkv_bias=True, seed=6)
+    idx = torch.randint(0, small_cfg["vocab_size"], (2, 3))
+    expected = generate_text_simple(model, idx, 8, CTX)  # 11 tokens: the window never slides
+    assert torch.equal(generate_text_cached(model, idx, 8, CTX), expected)
+    monkeypatch.setattr(KVCache, "reset", lambda self: setattr(self, "length", 1))  # positions off by one
+    assert not torch.equal(generate_text_cached(model, idx, 8, CTX), expected)
+
+
 def test_cache_is_reusable_and_checked(small_cfg):
     model = make_model(small_cfg, qkv_bias=True)
     idx = torch.randint(0, small_cfg["vocab_size"], (2, 3))
@@ -102,6 +151,8 @@ def test_cache_is_reusable_and_checked(small_cfg):
     assert torch.equal(first, generate_text_simple(model, idx, 20, CTX))
     with pytest.raises(ValueError):
         generate_text_cached(model, idx[:1], 5, CTX, cache=cache)  # wrong batch size
+    with pytest.raises(ValueError):
+        generate_text_cached(model, idx, 5, CTX, cache=KVCache(model, batch_size=2, max_len=8))  # too short
 
 
 def test_forward_with_cache_guards(small_cfg):
@@ -112,6 +163,8 @@ def test_forward_with_cache_guards(small_cfg):
     with pytest.raises(ValueError):
         forward_with_cache(model, torch.zeros(1, 1, dtype=torch.long), cache)  # cache full
     with pytest.raises(ValueError):
+        forward_with_cache(model, torch.zeros(2, 1, dtype=torch.long), KVCache(model, 1))  # wrong batch
+    with pytest.raises(ValueError):
         KVCache(model, batch_size=1, max_len=CTX + 1)  # longer than the context
     model.train()
     with pytest.raises(RuntimeError, match="eval"):
@@ -121,8 +174,8 @@ def test_forward_with_cache_guards(small_cfg):
 def test_result_is_an_ordinary_tensor(small_cfg):
     model = make_model(small_cfg, qkv_bias=False)
     out = generate_text_cached(model, torch.zeros(1, 2, dtype=torch.long), 3, CTX)
-    assert not out.is_inference()
-    out += 0  # in-place use outside inference mode works
+    assert not out.is_inference() and not out.requires_grad
+    out += 0  # in-place use works
 
 
 def test_prefill_in_chunks(small_cfg):
@@ -133,24 +186,6 @@ def test_prefill_in_chunks(small_cfg):
     chunks = [forward_with_cache(model, seq[:, a:b], cache) for a, b in ((0, 3), (3, 7), (7, 12))]
     with torch.no_grad():
         torch.testing.assert_close(torch.cat(chunks, dim=1), model(seq), atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("out_features", [48, 97, 50257])  # 2 groups, 1 (prime: the layer), 29
-@pytest.mark.parametrize("rows", [1, 2, 8, 9])  # 9 > MATVEC_MAX_ROWS: the layer itself
-def test_linear_helper_matches_the_layer(bias, out_features, rows):
-    torch.manual_seed(out_features + rows)
-    layer = torch.nn.Linear(64, out_features, bias=bias)
-    x = torch.randn(rows, 64)
-    with torch.no_grad():
-        got = _linear(x, layer)
-        torch.testing.assert_close(got, layer(x), atol=1e-5, rtol=0)
-    assert got.shape == (rows, out_features)
-
-
-def test_num_groups():
-    assert ch04.MATVEC_MAX_ROWS == 8
-    assert [_num_groups(n) for n in (768, 3072, 50257, 97, 67 * 71, 1)] == [2, 2, 29, 1, 1, 1]
 
 
 def test_cache_holds_only_keys_and_values(small_cfg):
@@ -165,40 +200,3 @@ def test_cache_holds_only_keys_and_values(small_cfg):
         == cache.values.shape
         == (small_cfg["n_layers"], 3, small_cfg["n_heads"], 10, head_dim)
     )
-
-
-@pytest.mark.parametrize(
-    ("batch", "max_rows"),
-    [(2, 8), (9, 8), (2, 0)],  # torch.bmm; 9 rows per step, above the limit; 0: the layers always
-)
-def test_same_tokens_with_a_grouped_output_head(small_cfg, monkeypatch, batch, max_rows):
-    """A vocabulary of 98 = 2 x 49 sends the output head through torch.bmm too."""
-    monkeypatch.setattr(ch04, "MATVEC_MAX_ROWS", max_rows)
-    torch.manual_seed(5)
-    model = GPTModel({**small_cfg, "vocab_size": 98, "qkv_bias": True}).eval()
-    idx = torch.randint(0, 98, (batch, 4))
-    expected = generate_text_simple(model, idx, max_new_tokens=CTX, context_size=CTX)
-    assert torch.equal(generate_text_cached(model, idx, CTX, CTX), expected)
-
-
-def test_linear_helper_other_inputs():
-    """Non-contiguous rows use torch.bmm; 3-D input, subclasses and non-contiguous weights use the layer."""
-    torch.manual_seed(0)
-    layer = torch.nn.Linear(64, 48)
-    with torch.no_grad():
-        wide = torch.randn(64, 3)
-        torch.testing.assert_close(_linear(wide.T, layer), layer(wide.T), atol=1e-5, rtol=0)
-        cube = torch.randn(2, 3, 64)
-        assert torch.equal(_linear(cube, layer), layer(cube))
-
-        class Doubled(torch.nn.Linear):
-            def forward(self, x):
-                return 2 * super().forward(x)
-
-        doubled = Doubled(64, 48)
-        x = torch.randn(1, 64)
-        assert torch.equal(_linear(x, doubled), doubled(x))
-
-        transposed = torch.nn.Linear(64, 48)  # a weight stored (in, out), as a transposed view
-        transposed.weight = torch.nn.Parameter(torch.randn(64, 48).T)
-        assert torch.equal(_linear(x, transposed), transposed(x))  # the layer, not a copy
