@@ -1274,6 +1274,21 @@ def bigram_cross_entropy(
 
 
 # Source: ch05_pretraining/base_model.ipynb, 5. The training loop
+def bf16_supported(device: str | torch.device) -> bool:
+    """Whether ``device`` has bfloat16 arithmetic: a CUDA GPU with bf16, a CPU with AVX-512 BF16 or AMX."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type != "cpu":
+        return False  # other devices: fp32, the safe choice
+    try:  # Linux lists the CPU's instruction-set extensions on the "flags" lines
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return False  # not Linux: no cheap way to tell
+    flags = {word for line in lines if line.startswith("flags") for word in line.split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def pretrain_on_tokens(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -1292,11 +1307,23 @@ def pretrain_on_tokens(
     state: dict | None = None,
     stop_at_step: int | None = None,
     on_step: Callable[[dict], None] | None = None,
+    precision: str = "fp32",
 ) -> dict:
-    """Train on random windows of a token array; resumable from a returned ``state`` (same losses)."""
-    ctx = model.pos_emb.weight.shape[0]
+    """Train on random windows of a token array; resumable from a returned ``state`` (same losses).
+
+    ``precision`` and a DistributedDataParallel ``model`` (under torchrun) work as in ``train_model``.
+    """
+    bare = getattr(model, "module", model)  # the model itself, outside DDP
+    ctx = bare.pos_emb.weight.shape[0]
     train_eval = fixed_windows(train_tokens, ctx, eval_windows)  # the same windows at every evaluation
     val_eval = fixed_windows(val_tokens, ctx, eval_windows)
+    rank, world_size = ddp_rank_and_size(model)  # (0, 1) without torchrun
+    if batch_size % world_size:
+        raise ValueError(f"a batch of {batch_size} rows does not split into {world_size} equal shares")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    bf16 = precision == "bf16"
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else nullcontext()
     if state is None:
         keys = ("steps", "tokens_seen", "train_losses", "val_losses", "lrs", "batch_losses")
         history = {key: [] for key in keys}
@@ -1309,8 +1336,12 @@ def pretrain_on_tokens(
             )
         state = copy.deepcopy(state)
         torch.set_rng_state(state["rng_state"])  # dropout, if any, continues where it stopped
+        if "cuda_rng_state" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng_state"])
     history = state["history"]
     end = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
+    share = batch_size // world_size  # rows per process: all of them for one process
+    rows = slice(rank * share, (rank + 1) * share)  # this process's rows of every batch
 
     model.train()
     while state["step"] < end:
@@ -1321,22 +1352,25 @@ def pretrain_on_tokens(
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad()
-        loss = calc_loss_batch(inputs, targets, model, device)
+        with autocast:
+            loss = calc_loss_batch(inputs[rows], targets[rows], model, device)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=max_grad_norm)
         optimizer.step()
         state["tokens_seen"] += inputs.numel()
         state["step"] = step + 1
         history["lrs"].append(lr)
-        history["batch_losses"].append(loss.item())
-        if state["step"] % eval_every == 0 or state["step"] == total_steps:
+        history["batch_losses"].append(mean_across_ranks(loss, world_size))
+        if rank == 0 and (state["step"] % eval_every == 0 or state["step"] == total_steps):
             history["steps"].append(state["step"])
             history["tokens_seen"].append(state["tokens_seen"])
-            history["train_losses"].append(windows_loss(model, train_eval, device))
-            history["val_losses"].append(windows_loss(model, val_eval, device))
+            history["train_losses"].append(windows_loss(bare, train_eval, device))
+            history["val_losses"].append(windows_loss(bare, val_eval, device))
         if on_step is not None:
             on_step(state)
     state["rng_state"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        state["cuda_rng_state"] = torch.cuda.get_rng_state_all()
     return state
 
 
@@ -1454,6 +1488,137 @@ def load_base_model(
         f"    repository root: {BOOKS_COMMAND}\n"
         "    (in quick mode, COURSE_QUICK=1, ch05_pretraining/base_model.ipynb makes a tiny one in seconds)."
     )
+
+
+# Source: ch05_pretraining/speed.ipynb, 2. One product for queries, keys and values, and PyTorch's attentio...
+class FusedQKVAttention(nn.Module):
+    """Causal multi-head attention with ``MultiHeadAttention``'s parameters: one QKV product, then SDPA.
+
+    ``W_query``, ``W_key`` and ``W_value`` stay three layers (the names and shapes of chapter 3), so
+    every checkpoint fits; ``forward`` stacks their weights and multiplies once.
+    """
+
+    def __init__(self, d_in: int, d_out: int, dropout: float, num_heads: int, qkv_bias: bool = False):
+        super().__init__()
+        if d_out % num_heads != 0:
+            raise ValueError(f"d_out ({d_out}) must be divisible by num_heads ({num_heads})")
+        self.d_out = d_out
+        self.num_heads = num_heads
+        self.head_dim = d_out // num_heads
+        self.dropout_p = dropout  # dropout on the attention weights, in training only
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.out_proj = nn.Linear(d_out, d_out)  # combines the heads' outputs
+
+    def qkv_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The three projections as one (3 * d_out, d_in) weight, and one bias (None without biases)."""
+        layers = (self.W_query, self.W_key, self.W_value)
+        weight = torch.cat([layer.weight for layer in layers])  # (3 * d_out, d_in)
+        bias = None if self.W_query.bias is None else torch.cat([layer.bias for layer in layers])
+        return weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, num_tokens, _ = x.shape  # (b, T, d_in)
+        qkv = F.linear(x, *self.qkv_weight())  # (b, T, 3 * d_out): one product instead of three
+        qkv = qkv.view(b, num_tokens, 3, self.num_heads, self.head_dim)  # (b, T, 3, n_heads, head_dim)
+        queries, keys, values = qkv.permute(2, 0, 3, 1, 4)  # each (b, n_heads, T, head_dim)
+        context = F.scaled_dot_product_attention(
+            queries, keys, values, dropout_p=self.dropout_p if self.training else 0.0, is_causal=True
+        )  # (b, n_heads, T, head_dim)
+        context = context.transpose(1, 2).reshape(b, num_tokens, self.d_out)  # (b, T, d_out)
+        return self.out_proj(context)
+
+
+# Source: ch05_pretraining/speed.ipynb, 2. One product for queries, keys and values, and PyTorch's attentio...
+class FastLayerNorm(LayerNorm):
+    """Chapter 4's ``LayerNorm`` (same ``scale``, ``shift`` and ``eps``), computed by PyTorch's kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.scale.shape, self.scale, self.shift, self.eps)
+
+
+class FastTransformerBlock(nn.Module):
+    """``TransformerBlock`` with the same parameter names: fused attention and PyTorch's kernels."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.att = FusedQKVAttention(
+            d_in=cfg["emb_dim"],
+            d_out=cfg["emb_dim"],
+            dropout=cfg["drop_rate"],
+            num_heads=cfg["n_heads"],
+            qkv_bias=cfg["qkv_bias"],
+        )
+        self.ff = FeedForward(cfg)
+        self.ff.layers[1] = nn.GELU(approximate="tanh")  # GPT-2's GELU as one kernel; it has no weights
+        self.norm1 = FastLayerNorm(cfg["emb_dim"])
+        self.norm2 = FastLayerNorm(cfg["emb_dim"])
+        self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x)))  # (b, T, emb_dim)
+        x = x + self.drop_shortcut(self.ff(self.norm2(x)))  # (b, T, emb_dim)
+        return x
+
+
+# Source: ch05_pretraining/speed.ipynb, 3.1 `GPTModelFast`: the same parameters, computed faster
+class GPTModelFast(nn.Module):
+    """``GPTModel`` with the same parameter names and shapes, computed faster; optionally weight-tied.
+
+    With ``tie_weights`` the output head uses the token embedding's matrix, as GPT-2 does:
+    ``out_head.weight is tok_emb.weight``.
+    """
+
+    def __init__(self, cfg: dict, tie_weights: bool = False):
+        super().__init__()
+        check_config(cfg)
+        self.cfg = dict(cfg)
+        self.tie_weights = tie_weights
+        self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
+        self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
+        self.drop_emb = nn.Dropout(cfg["drop_rate"])
+        self.trf_blocks = nn.Sequential(*[FastTransformerBlock(cfg) for _ in range(cfg["n_layers"])])
+        self.final_norm = FastLayerNorm(cfg["emb_dim"])
+        self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
+        if tie_weights:
+            self.out_head.weight = self.tok_emb.weight  # one Parameter under two names
+        self.register_load_state_dict_pre_hook(self._refuse_untied_state)
+        self.register_load_state_dict_post_hook(self._tie_after_load)
+
+    def _refuse_untied_state(self, module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+        """Before loading into a tied model: refuse a state dict whose head differs from its embedding."""
+        emb, head = state_dict.get(prefix + "tok_emb.weight"), state_dict.get(prefix + "out_head.weight")
+        if self.tie_weights and emb is not None and head is not None and not torch.equal(emb, head):
+            raise ValueError(
+                "this model ties out_head to tok_emb, but the state dict holds two different matrices; "
+                "load it into GPTModelFast(cfg, tie_weights=False)"
+            )
+
+    def _tie_after_load(self, module: nn.Module, incompatible_keys) -> None:
+        """After ``load_state_dict(..., assign=True)``, which puts in new Parameters: tie them again."""
+        if self.tie_weights:
+            self.out_head.weight = self.tok_emb.weight
+
+    def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
+        """Logits of shape (b, T, vocab_size) for token IDs of shape (b, T)."""
+        b, num_tokens = in_idx.shape
+        if num_tokens > self.cfg["context_length"]:
+            raise ValueError(
+                f"input has {num_tokens} tokens, more than the context length "
+                f"{self.cfg['context_length']}; crop it first"
+            )
+        if self.tie_weights and self.out_head.weight is not self.tok_emb.weight:
+            raise RuntimeError(
+                "tie_weights=True, but out_head.weight is no longer tok_emb.weight (a loader replaced one "
+                "of them); tie them again: model.out_head.weight = model.tok_emb.weight"
+            )
+        positions = torch.arange(num_tokens, device=in_idx.device)
+        x = self.tok_emb(in_idx) + self.pos_emb(positions)  # (b, T, emb_dim)
+        x = self.drop_emb(x)
+        x = self.trf_blocks(x)
+        x = self.final_norm(x)
+        return self.out_head(x)  # (b, T, vocab_size)
 
 
 # Source: ch06_classification/ch06.ipynb, 6.2 Preparing the data
