@@ -34,24 +34,56 @@ It evaluates on the held-out books every ``--eval-freq`` steps (and writes a tex
 ``--minutes`` sets the number of steps (and with it the cosine schedule) from the speed of four
 timed trial steps; on a machine whose load changes, ``--resume --extend-to N`` stretches the
 schedule of a run under way to N steps (the change is recorded in history.json and config.json).
+
+Speed: ``--fast`` (the default) trains ``GPTModelFast`` (ch05_pretraining/speed.ipynb: the
+parameters of ``GPTModel``, the same results up to float rounding, computed faster; ``--no-fast``
+for the chapter's ``GPTModel``); checkpoints of both load into either. ``--precision auto`` (the
+default) picks bf16, bfloat16 autocast around the forward pass and the loss, where the device has
+bfloat16 arithmetic (a CUDA GPU with bf16, a CPU with AVX-512 BF16 or AMX), else fp32; the choice
+is printed at the start and kept by ``--resume``.
+
+Several processes, GPUs or machines: run the script under ``torchrun``. Every process trains on
+its own share of the rows of every batch (``--batch-size`` is the global batch, split evenly),
+PyTorch's DistributedDataParallel averages the gradients, and the logged losses are the mean over
+all processes: N processes follow the run of one process with the same batch, up to float
+rounding, when ``--drop-rate`` is 0 (with dropout each process draws its own masks, so the runs
+agree only statistically). Only rank 0 prints and writes checkpoints, history.json, samples and
+the base-model folder; ``--resume`` continues exactly (every process's random state is in the
+checkpoint). On CUDA each process uses the GPU of its ``LOCAL_RANK`` and NCCL; on CPU the
+processes talk through gloo:
+
+    # one machine with 8 GPUs (a global batch of 64: 8 rows per GPU)
+    torchrun --standalone --nproc_per_node 8 ch05_pretraining/train.py --data books --batch-size 64
+    # two machines with 8 GPUs each: run on both, --node_rank 0 on the first, 1 on the second
+    torchrun --nnodes 2 --node_rank 0 --nproc_per_node 8 --rdzv_backend c10d \\
+        --rdzv_endpoint first-machine:29500 ch05_pretraining/train.py --data books --batch-size 128
+    # (or, without rendezvous: --master_addr first-machine --master_port 29500 instead of --rdzv_*)
+    # two CPU processes on one machine (gloo), one thread each
+    torchrun --standalone --nproc_per_node 2 ch05_pretraining/train.py --threads 1 --device cpu
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from gpt_from_scratch.ch02 import create_dataloader
 from gpt_from_scratch.ch04 import GPT_CONFIG_124M, GPTModel, gpt2_config
 from gpt_from_scratch.ch05 import (
+    GPTModelFast,
+    bf16_supported,
     fixed_windows,
     generate,
     load_checkpoint,
@@ -122,7 +154,10 @@ RUN_ARGS = (  # what defines a run; restored from the checkpoint on --resume
     "weight_decay",
     "seed",
     "val_ratio",
+    "fast",
+    "precision",
 )
+LEGACY = {"data": "text", "fast": False, "precision": "fp32"}  # what a checkpoint without the key used
 CHECKPOINT = "last.pth"
 HISTORY = "history.json"
 
@@ -180,10 +215,116 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
     p.add_argument("--prompt", default=None, help=f"sample prompt {both('prompt')}")
+    p.add_argument(
+        "--fast",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train GPTModelFast (ch05_pretraining/speed.ipynb; default), or GPTModel with --no-fast",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="bf16: bfloat16 autocast; auto (default): bf16 where the device has bfloat16 arithmetic",
+    )
     args = p.parse_args(argv)
     if args.checkpoint_dir is None:
         args.checkpoint_dir = DEFAULTS[args.data]["checkpoint_dir"]
     return args
+
+
+def is_main() -> bool:
+    """True in the one process that prints and writes files: rank 0 under torchrun, else the only one."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def log(*args, **kwargs) -> None:
+    """``print``, in the main process only (under torchrun every process has the same story to tell)."""
+    if is_main():
+        print(*args, **kwargs)
+
+
+def start_processes(args: argparse.Namespace) -> torch.device:
+    """This process's device; under torchrun, join the process group first (NCCL on CUDA, gloo on CPU)."""
+    from shared.runtime import get_device
+
+    device = get_device(args.device)
+    if "WORLD_SIZE" not in os.environ:  # started without torchrun: one process
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per process
+        torch.cuda.set_device(device)
+        bind = "device_id" in inspect.signature(dist.init_process_group).parameters  # torch >= 2.3
+        dist.init_process_group("nccl", **({"device_id": device} if bind else {}))
+    elif device.type == "cpu":
+        dist.init_process_group("gloo")
+    else:
+        raise SystemExit(f"torchrun: use --device cuda or cpu (NCCL or gloo), not {device.type}")
+    world = dist.get_world_size()
+    if args.batch_size % world:
+        raise SystemExit(f"--batch-size {args.batch_size} does not split evenly over {world} processes")
+    backend = dist.get_backend()
+    log(f"torchrun: {world} processes ({backend}), each trains on {args.batch_size // world} rows of a batch")
+    return device
+
+
+def main_process_first(make: Callable[[], object]) -> object:
+    """``make()`` in the main process, then, when it is done (it may write files), in the others."""
+    if is_main():
+        result = make()
+    if dist.is_initialized():
+        dist.barrier()
+    if not is_main():
+        result = make()
+    return result
+
+
+def wrap_model(model: torch.nn.Module, device: torch.device, seed: int) -> torch.nn.Module:
+    """The model in DistributedDataParallel under torchrun (gradients averaged over ranks), else itself."""
+    if not dist.is_initialized():
+        return model
+    rank = dist.get_rank()
+    if rank > 0:  # rank 0 keeps the random stream of a one-process run; the others draw their own dropout
+        torch.manual_seed(seed + rank)
+    ids = [device.index] if device.type == "cuda" else None
+    names = inspect.signature(DistributedDataParallel).parameters  # the option's name since torch 2.13:
+    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in names else "broadcast_buffers"
+    return DistributedDataParallel(model, device_ids=ids, **{no_sync: False})  # buffers (masks) are constants
+
+
+def rng_extras(state: dict) -> dict:
+    """Under torchrun, every process's random state (rank 0 saves it with the checkpoint): exact resume."""
+    if not dist.is_initialized():
+        return {}
+    mine = {key: state[key] for key in ("rng_state", "cuda_rng_state") if key in state}
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, mine)
+    return {"rank_rng_states": states}
+
+
+def restore_rank_rng(state: dict) -> None:
+    """Give this process its own random state from a checkpoint written under torchrun (if it has one)."""
+    states = state.pop("rank_rng_states", None)  # rank 0's state is also the checkpoint's own rng_state
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if states is not None and len(states) == world:
+        state.update(states[dist.get_rank() if world > 1 else 0])
+    elif states is not None or world > 1:
+        n = 1 if states is None else len(states)
+        log(f"note: the checkpoint comes from {n} process(es), this run has {world}: the batches are the")
+        log("same, but dropout masks (if any) are not those of an uninterrupted run")
+
+
+def choose_precision(args: argparse.Namespace, device: torch.device) -> str:
+    """fp32 or bf16, from --precision (auto: bf16 where the device has bfloat16 arithmetic); printed."""
+    if args.precision in ("fp32", "bf16"):
+        why = "as asked" if not args.resume else "as the checkpoint's run"
+    elif bf16_supported(device):
+        args.precision = "bf16"
+        why = "auto: this GPU supports bfloat16" if device.type == "cuda" else "auto: AVX-512 BF16 or AMX"
+    else:
+        args.precision = "fp32"
+        why = f"auto: no bfloat16 arithmetic found on {device.type}"
+    return why
 
 
 def fill_defaults(args: argparse.Namespace) -> None:
@@ -262,7 +403,7 @@ def book_tokens(args: argparse.Namespace, folder: Path, tokenizer) -> tuple:
             write_token_file(texts, tokenizer, path)
         tokens, spans = read_token_file(path)
         counts = ", ".join(f"{n} {end - start:,}" for n, (start, end) in spans.items())
-        print(f"{split}: {len(spans)} book(s), {len(tokens):,} tokens ({counts})")
+        log(f"{split}: {len(spans)} book(s), {len(tokens):,} tokens ({counts})")
         arrays.append(tokens)
     return arrays[0], arrays[1], train_names, val_names
 
@@ -275,7 +416,10 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def steps_for_minutes(model: torch.nn.Module, train_tokens, val_tokens, device, args) -> int:
-    """Training steps that take about ``args.minutes``, from the speed of 4 trial steps (then undone)."""
+    """Training steps that take about ``args.minutes``, from the speed of 4 trial steps (then undone).
+
+    Under torchrun every process takes the trial steps together; rank 0's measurement decides.
+    """
     import copy
 
     saved = copy.deepcopy(model.state_dict())
@@ -296,12 +440,17 @@ def steps_for_minutes(model: torch.nn.Module, train_tokens, val_tokens, device, 
             eval_windows=1,
             seed=args.seed + step,
             stop_at_step=1,
+            precision=args.precision,
         )
         times.append(time.time() - begin)
     model.load_state_dict(saved)  # the trial steps leave no trace
     seconds = sorted(times[1:])[1]  # the median of the last three (the first one warms up)
     steps = max(1, int(args.minutes * 60 * 0.95 / seconds))  # 5% for evaluations and samples
-    print(f"{seconds:.2f} s per step measured: {steps} steps for about {args.minutes:g} minutes")
+    if dist.is_initialized():
+        decided = [steps, seconds]
+        dist.broadcast_object_list(decided, src=0)  # every process runs the same schedule
+        steps, seconds = decided
+    log(f"{seconds:.2f} s per step measured: {steps} steps for about {args.minutes:g} minutes")
     return steps
 
 
@@ -322,27 +471,32 @@ def extend_schedule(state: dict, args: argparse.Namespace) -> int:
         "lr_after": after,
     }
     state["history"].setdefault("schedule_changes", []).append(change)
-    print(f"schedule stretched at step {step} from {old} to {args.extend_to} steps", end=" ")
-    print(f"(learning rate {before:.2e} -> {after:.2e})")
+    log(f"schedule stretched at step {step} from {old} to {args.extend_to} steps", end=" ")
+    log(f"(learning rate {before:.2e} -> {after:.2e})")
     return args.extend_to
 
 
 def train_books(args: argparse.Namespace, ckpt_path: Path) -> int:
     """Books mode: pretrain on random windows of the Gutenberg books; write the base-model folder."""
-    from shared.runtime import get_device, set_seed
+    from shared.runtime import set_seed
     from shared.tokenizer import get_gpt2_tokenizer
 
     folder = ckpt_path.parent
-    device = get_device(args.device)
-    tokenizer = get_gpt2_tokenizer()
-    train_tokens, val_tokens, train_names, val_names = book_tokens(args, folder / "tokens", tokenizer)
+    device = start_processes(args)
+    cls, why = GPTModelFast if args.fast else GPTModel, choose_precision(args, device)
+    log(f"model class {cls.__name__}, precision {args.precision} ({why})")
+    tokenizer = main_process_first(get_gpt2_tokenizer)
+    train_tokens, val_tokens, train_names, val_names = main_process_first(
+        lambda: book_tokens(args, folder / "tokens", tokenizer)
+    )
     cfg = model_config(args)
     ctx = cfg["context_length"]
 
     set_seed(args.seed)
-    model = GPTModel(cfg).to(device)
+    model = cls(cfg).to(device)
+    net = wrap_model(model, device, args.seed)  # `model` itself under torchrun: DDP around it
     if args.minutes is not None and not args.resume:
-        args.steps = steps_for_minutes(model, train_tokens, val_tokens, device, args)
+        args.steps = steps_for_minutes(net, train_tokens, val_tokens, device, args)
     total = args.steps
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     state = None
@@ -350,7 +504,8 @@ def train_books(args: argparse.Namespace, ckpt_path: Path) -> int:
         state = load_checkpoint(ckpt_path, model, optimizer, map_location=device)
         state.pop("cfg", None)
         state.pop("args", None)
-        print(f"resuming from step {state['step']}")
+        restore_rank_rng(state)
+        log(f"resuming from step {state['step']}")
         if args.extend_to is not None:
             total = extend_schedule(state, args)
     elif args.extend_to is not None:
@@ -359,8 +514,8 @@ def train_books(args: argparse.Namespace, ckpt_path: Path) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     shape = f"emb_dim {cfg['emb_dim']}, {cfg['n_layers']} layers, {cfg['n_heads']} heads, context {ctx}"
     threads = torch.get_num_threads()
-    print(f"model {args.model}: {n_params:,} parameters ({shape}); device {device}, {threads} thread(s)")
-    print(f"{total} steps of {args.batch_size} x {ctx} tokens in all; training until step {end}")
+    log(f"model {args.model}: {n_params:,} parameters ({shape}); device {device}, {threads} thread(s)")
+    log(f"{total} steps of {args.batch_size} x {ctx} tokens in all; training until step {end}")
 
     schedule = dict(
         total_steps=total,
@@ -371,6 +526,7 @@ def train_books(args: argparse.Namespace, ckpt_path: Path) -> int:
         eval_every=args.eval_freq,
         eval_windows=args.eval_windows,
         seed=args.seed,
+        precision=args.precision,
     )
     step = 0 if state is None else state["step"]
     seconds_before = 0.0 if state is None else state.get("train_seconds", 0.0)
@@ -378,7 +534,9 @@ def train_books(args: argparse.Namespace, ckpt_path: Path) -> int:
     prompt_ids = text_to_token_ids(args.prompt, tokenizer).to(device)
 
     def on_step(live: dict) -> None:
-        """Update the bar; after an evaluation, record the time and a text sample."""
+        """Update the bar; after an evaluation, record the time and a text sample (main process only)."""
+        if not is_main():
+            return
         bar.update(1)
         hist = live["history"]
         done = live["step"] - step0
@@ -400,11 +558,19 @@ def train_books(args: argparse.Namespace, ckpt_path: Path) -> int:
             postfix["val"] = f"{hist['val_losses'][-1]:.3f}"
         bar.set_postfix(postfix, refresh=False)
 
-    with tqdm(total=end, initial=min(step, end), unit="step", dynamic_ncols=True, mininterval=2) as bar:
+    bar = tqdm(
+        total=end,
+        initial=min(step, end),
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=2,
+        disable=not is_main(),
+    )
+    with bar:
         while step < end:
             stop = min(end, (step // args.save_every + 1) * args.save_every)
             state = pretrain_on_tokens(
-                model,
+                net,
                 optimizer,
                 train_tokens,
                 val_tokens,
@@ -416,8 +582,12 @@ def train_books(args: argparse.Namespace, ckpt_path: Path) -> int:
             )
             step = state["step"]
             state["train_seconds"] = seconds_before + time.time() - start
-            save_checkpoint(ckpt_path, model, optimizer, cfg=cfg, args=vars(args), **state)
-            write_json(folder / HISTORY, state["history"])
+            rng = rng_extras(state)  # every process takes part; rank 0 writes
+            if is_main():
+                save_checkpoint(ckpt_path, model, optimizer, cfg=cfg, args=vars(args), **state, **rng)
+                write_json(folder / HISTORY, state["history"])
+    if not is_main():
+        return 0  # the rest (evaluation on every held-out token, the base-model folder) is rank 0's
     if step == step0:
         if state is None:
             state = load_checkpoint(ckpt_path, model, map_location=device)
@@ -468,29 +638,16 @@ def train_books(args: argparse.Namespace, ckpt_path: Path) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Train (or resume), saving checkpoints; return the exit code."""
-    args = parse_args(argv)
-    ckpt_path = Path(args.checkpoint_dir) / CHECKPOINT
-    if args.resume and not ckpt_path.is_file():
-        raise SystemExit(f"--resume: no checkpoint at {ckpt_path}; train without --resume first")
-    from shared.runtime import get_device, set_seed
+def train_text(args: argparse.Namespace, ckpt_path: Path) -> int:
+    """Text mode: train on one text file for ``--epochs`` passes (section 5.6's ``train_model``)."""
+    from shared.runtime import set_seed
     from shared.tokenizer import get_gpt2_tokenizer
 
-    state = None
-    if args.resume:
-        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)["extra"]["args"]
-        for key in RUN_ARGS:
-            setattr(args, key, saved.get(key, "text" if key == "data" else getattr(args, key)))
-    fill_defaults(args)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    if args.data == "books":
-        return train_books(args, ckpt_path)
-
-    device = get_device(args.device)
-    tokenizer = get_gpt2_tokenizer()
-    text = read_text(args.text)
+    device = start_processes(args)
+    cls, why = GPTModelFast if args.fast else GPTModel, choose_precision(args, device)
+    log(f"model class {cls.__name__}, precision {args.precision} ({why})")
+    tokenizer = main_process_first(get_gpt2_tokenizer)
+    text = main_process_first(lambda: read_text(args.text))
     split = int((1 - args.val_ratio) * len(text))
     cfg = model_config(args)
     ctx = cfg["context_length"]
@@ -514,20 +671,23 @@ def main(argv: list[str] | None = None) -> int:
         shuffle=False,
         drop_last=False,
     )
-    model = GPTModel(cfg).to(device)
+    model = cls(cfg).to(device)
+    net = wrap_model(model, device, args.seed)  # `model` itself under torchrun: DDP around it
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    state = None
     if args.resume:
         state = load_checkpoint(ckpt_path, model, optimizer, map_location=device)
         state.pop("cfg", None)
         state.pop("args", None)
-        print(f"resuming from step {state['step']}")
+        restore_rank_rng(state)
+        log(f"resuming from step {state['step']}")
 
     steps_per_epoch = len(train_loader)
     total = args.epochs * steps_per_epoch
     end = total if args.max_steps is None else min(args.max_steps, total)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model {args.model}: {n_params:,} parameters, context {ctx}; device {device}")
-    print(f"{steps_per_epoch} steps per epoch, {total} steps in all; training until step {end}")
+    log(f"model {args.model}: {n_params:,} parameters, context {ctx}; device {device}")
+    log(f"{steps_per_epoch} steps per epoch, {total} steps in all; training until step {end}")
 
     schedule = dict(
         num_epochs=args.epochs,
@@ -537,14 +697,17 @@ def main(argv: list[str] | None = None) -> int:
         min_lr=args.min_lr,
         warmup_steps=min(args.warmup, total),
         seed=args.seed,
+        precision=args.precision,
     )
     step = 0 if state is None else state["step"]
     start = time.time()
-    with tqdm(total=end, initial=min(step, end), unit="step", dynamic_ncols=True) as bar:
+    with tqdm(
+        total=end, initial=min(step, end), unit="step", dynamic_ncols=True, disable=not is_main()
+    ) as bar:
         while step < end:
             stop = min(end, (step // args.save_every + 1) * args.save_every)
             state = train_model(
-                model,
+                net,
                 train_loader,
                 val_loader,
                 optimizer,
@@ -559,9 +722,13 @@ def main(argv: list[str] | None = None) -> int:
             hist = state["history"]
             if hist["val_losses"]:
                 bar.set_postfix(train=f"{hist['train_losses'][-1]:.3f}", val=f"{hist['val_losses'][-1]:.3f}")
-            save_checkpoint(ckpt_path, model, optimizer, cfg=cfg, args=vars(args), **state)
+            rng = rng_extras(state)  # every process takes part; rank 0 writes
+            if is_main():
+                save_checkpoint(ckpt_path, model, optimizer, cfg=cfg, args=vars(args), **state, **rng)
     if state is None:
-        print("nothing to do: the checkpoint already reached the last step")
+        log("nothing to do: the checkpoint already reached the last step")
+        return 0
+    if not is_main():
         return 0
     print(f"step {step} of {total} in {(time.time() - start) / 60:.2f} min; checkpoint saved")
     hist = state["history"]
@@ -573,6 +740,26 @@ def main(argv: list[str] | None = None) -> int:
     out = generate(model, idx, max_new_tokens=20, context_size=ctx)
     print("sample:", token_ids_to_text(out.cpu(), tokenizer).replace("\n", " "))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train (or resume), saving checkpoints; return the exit code."""
+    args = parse_args(argv)
+    ckpt_path = Path(args.checkpoint_dir) / CHECKPOINT
+    if args.resume and not ckpt_path.is_file():
+        raise SystemExit(f"--resume: no checkpoint at {ckpt_path}; train without --resume first")
+    if args.resume:
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)["extra"]["args"]
+        for key in RUN_ARGS:
+            setattr(args, key, saved.get(key, LEGACY.get(key, getattr(args, key))))
+    fill_defaults(args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        return (train_books if args.data == "books" else train_text)(args, ckpt_path)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
