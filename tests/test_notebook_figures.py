@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
@@ -42,14 +41,6 @@ REQUIRED = {
 }
 
 
-# Notebooks whose stored outputs still come from a run before show_figure (re-run pending, issue 14).
-PENDING_RERUN = {"ch05_pretraining/ch05.ipynb"}
-
-
-def _pending(path: Path) -> bool:
-    return path.relative_to(ROOT).as_posix() in PENDING_RERUN
-
-
 def _src(cell: dict) -> str:
     return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
 
@@ -78,8 +69,6 @@ def test_markdown_links_no_image_files(notebook):
 
 def test_every_figure_output_has_alt_text_and_shows_once(notebook):
     path, nb = notebook
-    if _pending(path):
-        pytest.skip("stored outputs predate show_figure; full re-run pending")
     seen: dict[str, int] = {}
     for index, cell in enumerate(nb["cells"]):
         if cell["cell_type"] != "code":
@@ -101,8 +90,6 @@ def test_every_figure_output_has_alt_text_and_shows_once(notebook):
 
 def test_figures_are_stored_outputs_of_the_cells_that_draw_them(notebook):
     path, nb = notebook
-    if _pending(path):
-        pytest.skip("stored outputs predate show_figure; full re-run pending")
     for index, cell in enumerate(nb["cells"]):
         if cell["cell_type"] != "code" or "nbval-skip" in cell.get("metadata", {}).get("tags", []):
             continue
@@ -115,8 +102,6 @@ def test_figures_are_stored_outputs_of_the_cells_that_draw_them(notebook):
 
 @pytest.mark.parametrize("relpath", sorted(REQUIRED))
 def test_the_promised_figures_are_there(relpath):
-    if relpath in PENDING_RERUN:
-        pytest.skip("full re-run pending")
     nb = json.loads((ROOT / relpath).read_text(encoding="utf-8"))
     shown = {
         name
