@@ -1,173 +1,242 @@
-"""Greedy generation speed on CPU: no cache, the course's KV cache, and Hugging Face.
+"""Cached greedy generation speed on CPU: the course's generators vs. Hugging Face and the book's package.
 
-Run by hand from the repository root (not a test; it takes a few minutes):
+Run by hand from the repository root (not a test; about ten minutes at the defaults):
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_generation.py [--repeats 3]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_generation.py [--repeats 5] [--threads 2]
 
-GPT-2 124M with random (seeded) weights generates 200 tokens after a 10-token prompt with
-    1. ``generate_text_simple`` (chapter 4): the whole window is recomputed at every step;
-    2. ``generate_text_cached`` (chapter 4, section 4.8): a preallocated KV cache, built in each
-       call, and once more with ``MATVEC_MAX_ROWS = 0`` so that every product goes through the
-       ``nn.Linear`` layers themselves instead of the batched ``torch.bmm`` of ``_linear`` (an
-       ablation: it shows how much of the speed is the cache and how much the way the
-       matrix-vector products are called);
-    3. ``transformers.GPT2LMHeadModel.generate`` (greedy, ``use_cache=True``) with the same weights.
-All run in this one process, in turn, and must produce the same tokens. The script
-prints a Markdown table: the best (fastest) of ``--repeats`` runs of each, and ratios.
-Nothing is downloaded: the Hugging Face model is built from a config, not from the Hub.
+GPT-2 124M with random (seeded) weights, all methods with the same float32 weights (Hugging
+Face's initialisation, copied into the other models by chapter 5's ``load_hf_weights_into_gpt``
+and by the book's ``load_weights_into_gpt``), batch 1, a 10-token prompt, 100 and 500 new tokens
+(``--new-tokens``), greedy. Each call builds its own cache. Methods, where installed:
+
+- Hugging Face ``GPT2LMHeadModel.generate(do_sample=False, use_cache=True)`` (sdpa), built offline
+  from a ``GPT2Config``;
+- the book's package: ``llms_from_scratch.kv_cache.gpt2.GPTModel`` and its ``KVCache``, driven by a
+  short greedy loop written here (the package's ``kv_cache.generate`` expects a model with
+  ``reset_kv_cache``, which its GPT-2 lacks);
+- the course: ``generate_text_cached`` (chapter 4, section 4.8: a plain preallocated KV cache) and
+  the fast generator of chapter 5's speed notebook (float32 weights; bf16 weights as an extra row).
+
+All run in this one process, interleaved (every method once per round, ``--repeats`` rounds),
+after one untimed warm-up call each. The script checks that every float32 method produced the
+same tokens as Hugging Face in every run, and says how many of the bf16 row's tokens differ.
+The table gives the median tokens/s with the min-max spread over the rounds, and the ratio to
+Hugging Face per round (median and min-max). ``--profile`` prints torch.profiler's top operators
+for one call of each method.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import statistics
 import time
-from pathlib import Path
+from collections.abc import Callable
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+import bench_common as bc
+import torch
 
-import torch  # noqa: E402
-
-import gpt_from_scratch.ch04 as ch04  # noqa: E402  (chapter 4's model and generators)
-from gpt_from_scratch.ch05 import load_hf_weights_into_gpt  # noqa: E402  (chapter 5's weight mapping)
-from shared.tokenizer import END_OF_TEXT_ID
+import gpt_from_scratch.ch04 as ch04
+import gpt_from_scratch.ch05 as ch05
 
 PROMPT_TOKENS = 10
-NEW_TOKENS = 200
-SEED = 123
+HF = "Hugging Face `generate` (use_cache=True), fp32"
+FAST = "course fast generator, fp32"
+TARGET = 2.0  # the fast generator vs. Hugging Face, fp32 weights, same tokens
 
 
-def build_hf_model():
-    """A randomly initialised (seeded) Hugging Face GPT-2 124M, built offline from a config."""
-    import transformers
-    from transformers import GPT2Config, GPT2LMHeadModel
+def book_generate(model: torch.nn.Module, kv_cache_cls, idx: torch.Tensor, n: int) -> torch.Tensor:
+    """Greedy decoding with the book package's GPT-2 KV-cache model: a prefill, then one token per call."""
+    model.current_pos = 0  # the model counts positions itself; a new sequence starts at 0
+    cache = kv_cache_cls(n_layers=len(model.trf_blocks))
+    out = [idx]
+    with torch.no_grad():
+        logits = model(idx, use_cache=True, cache=cache)  # (1, T, vocab_size)
+        for i in range(n):
+            next_id = logits[:, -1].argmax(dim=-1, keepdim=True)  # (1, 1)
+            out.append(next_id)
+            if i < n - 1:
+                logits = model(next_id, use_cache=True, cache=cache)  # (1, 1, vocab_size)
+    return torch.cat(out, dim=1)
 
-    transformers.logging.set_verbosity_error()
-    config = GPT2Config(
-        n_positions=1024,
-        n_embd=768,
-        n_layer=12,
-        n_head=12,
-        vocab_size=50257,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
+
+def find_fast_generator() -> tuple[Callable | None, str]:
+    """The fast cached generator of chapter 5's speed notebook, and its name (None if not there yet)."""
+    for name in ("generate_fast", "generate_text_fast", "generate_text_cached_fast"):
+        if hasattr(ch05, name):
+            return getattr(ch05, name), name
+    return None, ""
+
+
+def build_methods(
+    args, cfg: dict, hf, notes: list[str]
+) -> dict[str, Callable[[torch.Tensor, int], torch.Tensor]]:
+    """Every method whose packages are installed: a function (prompt, new tokens) -> all tokens."""
+    ctx = cfg["context_length"]
+    methods: dict[str, Callable] = {}
+    state = hf.state_dict()
+
+    def hf_generate(idx: torch.Tensor, n: int) -> torch.Tensor:
+        return hf.generate(
+            idx,
+            attention_mask=torch.ones_like(idx),
+            do_sample=False,
+            use_cache=True,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            pad_token_id=0,
+        )
+
+    methods[HF] = hf_generate
+
+    kv_gpt2 = bc.optional_import("llms_from_scratch.kv_cache.gpt2")
+    book_ch05 = bc.optional_import("llms_from_scratch.ch05")
+    if kv_gpt2 is None or book_ch05 is None:
+        notes.append(bc.BOOK_MISSING)
+    else:
+        book_cfg = {k: cfg[k] for k in ch04.GPT_CONFIG_124M}
+        book_model = kv_gpt2.GPTModel(book_cfg).eval()
+        book_ch05.load_weights_into_gpt(book_model, bc.hf_to_book_params(state, cfg["n_layers"]))
+        name = "book package `kv_cache.gpt2.GPTModel` + `KVCache`, fp32"
+        try:  # a short run first: the package's GPT-2 cache may fail at the first cached step
+            book_generate(book_model, kv_gpt2.KVCache, torch.zeros(1, 3, dtype=torch.long), 2)
+        except RuntimeError as err:
+            notes.append(
+                f"book package {bc.version_of(bc.BOOK_PACKAGE)}: `kv_cache.gpt2.GPTModel` fails at the first "
+                f"cached step (`{str(err).splitlines()[0]}`), so the book has no working cached GPT-2 "
+                "generation to time; row skipped"
+            )
+        else:
+            methods[name] = lambda idx, n: book_generate(book_model, kv_gpt2.KVCache, idx, n)
+
+    model = ch04.GPTModel(cfg).eval()
+    ch05.load_hf_weights_into_gpt(model, state)  # the mapping taught in chapter 5
+    methods["course `generate_text_cached` (chapter 4, plain KV cache), fp32"] = lambda idx, n: (
+        ch04.generate_text_cached(model, idx, n, ctx)
     )
-    torch.manual_seed(SEED)
-    return GPT2LMHeadModel(config).eval()
+
+    generate_fast, fast_name = find_fast_generator()
+    fast_cls = getattr(ch05, "GPTModelFast", None)
+    if generate_fast is None or fast_cls is None:
+        notes.append("the fast generator / `GPTModelFast` is not in gpt_from_scratch.ch05 yet: rows skipped")
+    else:
+        fast = fast_cls(cfg).eval()
+        fast.load_state_dict(model.state_dict())  # same parameter names and shapes as GPTModel
+        methods[f"course `{fast_name}` (`GPTModelFast`), fp32"] = lambda idx, n: generate_fast(
+            fast, idx, n, ctx
+        )
+        fast16 = fast_cls(cfg).eval()
+        fast16.load_state_dict(model.state_dict())
+        fast16 = fast16.to(torch.bfloat16)
+        methods[f"course `{fast_name}` (`GPTModelFast`), bf16 weights"] = lambda idx, n: generate_fast(
+            fast16, idx, n, ctx
+        )
+    return methods
 
 
-def cpu_name() -> str:
-    """The CPU's model name, as the operating system reports it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def profile_method(name: str, fn: Callable, prompt: torch.Tensor, n: int, top: int) -> str:
+    """torch.profiler's top operators (by self CPU time) for one call of ``fn``."""
+    from torch.profiler import ProfilerActivity, profile
 
-
-def timed(fn) -> tuple[float, torch.Tensor]:
-    """Seconds one call of ``fn`` takes, and what it returns."""
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn(prompt, n)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+    return f"Profile of one call, {n} new tokens, {name}:\n\n{table}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per method (best is kept)")
-    parser.add_argument("--uncached-repeats", type=int, default=1, help="timed runs without a cache (slow)")
-    parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds of every method")
+    parser.add_argument("--new-tokens", type=int, nargs="+", default=[100, 500])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--profile", action="store_true", help="profile one call of each method")
+    parser.add_argument("--profile-tokens", type=int, default=100)
+    parser.add_argument("--profile-top", type=int, default=12)
+    parser.add_argument("--tiny", action="store_true", help="a tiny model (for the smoke test), not GPT-2's")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    bc.set_threads(args.threads)
+    if bc.optional_import("transformers") is None:
+        raise SystemExit("transformers is not installed: it is the reference of this benchmark")
 
-    import transformers
-
-    hf = build_hf_model()
-    cfg = ch04.gpt2_config("124M", qkv_bias=True, drop_rate=0.0)
-    model = ch04.GPTModel(cfg).eval()
-    load_hf_weights_into_gpt(model, hf.state_dict())  # the mapping taught in chapter 5
-
-    torch.manual_seed(SEED)
-    prompt = torch.randint(0, cfg["vocab_size"], (1, PROMPT_TOKENS))
-    ctx = cfg["context_length"]
-    n = args.new_tokens
-
-    def cached_through_layers(k: int) -> torch.Tensor:
-        saved, ch04.MATVEC_MAX_ROWS = ch04.MATVEC_MAX_ROWS, 0  # _linear then calls the layers
-        try:
-            return ch04.generate_text_cached(model, prompt, k, ctx)
-        finally:
-            ch04.MATVEC_MAX_ROWS = saved
-
-    methods = {
-        "no cache (`generate_text_simple`)": lambda k: ch04.generate_text_simple(model, prompt, k, ctx),
-        "KV cache (`generate_text_cached`)": lambda k: ch04.generate_text_cached(model, prompt, k, ctx),
-        "KV cache, products through `nn.Linear` (`MATVEC_MAX_ROWS = 0`)": cached_through_layers,
-        "Hugging Face `generate` (use_cache=True)": lambda k: hf.generate(
-            prompt,
-            attention_mask=torch.ones_like(prompt),
-            do_sample=False,
-            use_cache=True,
-            max_new_tokens=k,
-            min_new_tokens=k,
-            pad_token_id=END_OF_TEXT_ID,
-        ),
-    }
-
-    load_before = os.getloadavg()
-    for fn in methods.values():  # warm-up: first calls allocate and initialise
-        fn(5)
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    reference = None  # the tokens of the first timed run; every later run must equal them
-    for rep in range(args.repeats):  # interleaved, so that a busy moment hits every method alike
-        for name, fn in methods.items():
-            if name.startswith("no cache") and rep >= args.uncached_repeats:
-                continue
-            seconds, out = timed(lambda fn=fn: fn(n))
-            times[name].append(seconds)
-            if reference is None:
-                reference = out
-            elif not torch.equal(out, reference):
-                raise SystemExit(f"{name}, run {rep + 1}: tokens differ from generate_text_simple's")
-    load_after = os.getloadavg()
-
-    best = {name: min(ts) for name, ts in times.items()}
-    names = list(methods)
-    uncached, cached, through_layers, hf_name = names
-    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"Date: {date}  ")
-    print(f"Machine: {cpu_name()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}  ")
-    versions = f"torch {torch.__version__}, transformers {transformers.__version__}"
-    print(f"Python {platform.python_version()}, {versions}  ")
-    print(f"Load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f}  ")
-    print(
-        f"GPT-2 124M, random weights, batch 1, prompt {PROMPT_TOKENS} tokens, {n} new tokens, "
-        f"float32 on CPU; best of {args.repeats} runs ({args.uncached_repeats} without a cache), "
-        "median in brackets. Every timed run produced the same tokens.\n"
+    cfg = ch04.gpt2_config("124M", qkv_bias=True, drop_rate=0.0, context_length=1024)
+    if args.tiny:
+        cfg.update(emb_dim=32, n_layers=2, n_heads=2, context_length=128, vocab_size=512)
+    if PROMPT_TOKENS + max(args.new_tokens) > cfg["context_length"]:
+        raise SystemExit(f"prompt + new tokens must fit the context of {cfg['context_length']} tokens")
+    hf_cfg = bc.gpt2_hf_config(
+        n_layer=cfg["n_layers"],
+        n_embd=cfg["emb_dim"],
+        n_head=cfg["n_heads"],
+        n_positions=cfg["context_length"],
+        vocab_size=cfg["vocab_size"],
     )
-    print("| method | seconds | tokens/s | vs. no cache | vs. Hugging Face |")
-    print("|---|---:|---:|---:|---:|")
-    med = {name: statistics.median(ts) for name, ts in times.items()}
-    for name in names:
+    hf = bc.build_hf_model(hf_cfg).eval()
+    notes: list[str] = []
+    methods = build_methods(args, cfg, hf, notes)
+
+    print(bc.header("Cached greedy generation, batch 1"))
+    print(
+        f"Model: GPT-2 124M{' (TINY, smoke test)' if args.tiny else ''}, random weights (the same in "
+        f"every method); prompt {PROMPT_TOKENS} tokens; new tokens {args.new_tokens}; "
+        f"{args.repeats} interleaved rounds after one warm-up call each  "
+    )
+    for note in notes:
+        print(f"Note: {note}  ")
+    print(flush=True)
+
+    torch.manual_seed(bc.SEED)
+    prompt = torch.randint(0, cfg["vocab_size"], (1, PROMPT_TOKENS))
+    for fn in methods.values():
+        fn(prompt, 5)  # warm-up: first calls allocate and initialise
+    secs = {(name, n): [] for n in args.new_tokens for name in methods}
+    reference: dict[int, torch.Tensor] = {}  # Hugging Face's tokens for each length
+    differ: dict[tuple[str, int], int] = {}  # (method, n) -> most tokens that differed in a run
+    for _ in range(args.repeats):
+        for n in args.new_tokens:
+            for name, fn in methods.items():
+                start = time.perf_counter()
+                out = fn(prompt, n)
+                secs[name, n].append(time.perf_counter() - start)
+                if name == HF:
+                    reference.setdefault(n, out)
+                if out.shape != reference[n].shape:
+                    raise SystemExit(
+                        f"{name}: {tuple(out.shape)} tokens, expected {tuple(reference[n].shape)}"
+                    )
+                wrong = int((out[:, PROMPT_TOKENS:] != reference[n][:, PROMPT_TOKENS:]).sum())
+                differ[name, n] = max(differ.get((name, n), 0), wrong)
+                if wrong and "bf16" not in name:
+                    raise SystemExit(f"{name}, {n} new tokens: {wrong} tokens differ from Hugging Face's")
+
+    def ratios(name: str, n: int) -> list[float]:
+        return [h / s for s, h in zip(secs[name, n], secs[HF, n])]
+
+    for n in args.new_tokens:
+        rows = []
+        for name in methods:
+            tps = [n / s for s in secs[name, n]]
+            same = "yes" if differ[name, n] == 0 else f"no: {differ[name, n]} of {n} differ"
+            rows.append([name, bc.spread(tps, "{:.1f}"), bc.spread(ratios(name, n)) + "x", same])
+        print(f"**{n} new tokens**\n")
         print(
-            f"| {name} | {best[name]:.2f} ({med[name]:.2f}) | {n / best[name]:.1f} | "
-            f"{best[uncached] / best[name]:.2f}x | {best[hf_name] / best[name]:.2f}x |"
+            bc.markdown_table(
+                ["method", "tokens/s, median (min–max)", "vs. Hugging Face", "same tokens"], rows
+            )
         )
-    for label, t in (("best runs", best), ("medians", med)):
-        print(
-            f"\n{label}: KV cache vs. no cache {t[uncached] / t[cached]:.2f}x (target >= 5x); "
-            f"KV cache vs. Hugging Face {t[hf_name] / t[cached]:.2f}x (target >= 1.2x), "
-            f"{t[hf_name] / t[through_layers]:.2f}x with every product through nn.Linear"
-        )
+        print()
+    fast_rows = [
+        name for name in methods if name.startswith("course `") and name.endswith("fp32") and "fast" in name
+    ]
+    for name in fast_rows:
+        for n in args.new_tokens:
+            med = statistics.median(ratios(name, n))
+            print(
+                f"- {name} vs. Hugging Face, {n} new tokens: {bc.spread(ratios(name, n))}x by round, "
+                f"target >= {TARGET}x: {bc.verdict(med, TARGET)}"
+            )
+    print(f"\n{bc.load_line()}", flush=True)
+    if args.profile:
+        for name, fn in methods.items():
+            print("\n" + profile_method(name, fn, prompt, args.profile_tokens, args.profile_top), flush=True)
 
 
 if __name__ == "__main__":
