@@ -14,8 +14,11 @@ and by the book's ``load_weights_into_gpt``), batch 1, a 10-token prompt, 100 an
 - the book's package: ``llms_from_scratch.kv_cache.gpt2.GPTModel`` and its ``KVCache``, driven by a
   short greedy loop written here (the package's ``kv_cache.generate`` expects a model with
   ``reset_kv_cache``, which its GPT-2 lacks);
-- the course: ``generate_text_cached`` (chapter 4, section 4.8: a plain preallocated KV cache) and
-  the fast generator of chapter 5's speed notebook (float32 weights; bf16 weights as an extra row).
+- the course: ``generate_text_cached`` (chapter 4, section 4.8: a plain preallocated KV cache);
+  ``generate_text_fast`` of chapter 5's speed notebook (``FastDecoder``: stacked query/key/value
+  weights, the grouped matrix-vector products, a preallocated cache) with ``GPTModelFast`` in float32,
+  the same with ``grouped=False`` (an ablation: every product through ``F.linear``), and with the
+  model converted to bfloat16 once (weights and cache in bf16; an extra row, its tokens may differ).
 
 All run in this one process, interleaved (every method once per round, ``--repeats`` rounds),
 after one untimed warm-up call each. The script checks that every float32 method produced the
@@ -40,7 +43,9 @@ import gpt_from_scratch.ch05 as ch05
 
 PROMPT_TOKENS = 10
 HF = "Hugging Face `generate` (use_cache=True), fp32"
-FAST = "course fast generator, fp32"
+FAST = "course `generate_text_fast` (`GPTModelFast`), fp32"
+FAST_LINEAR = "course `generate_text_fast`, `grouped=False` (every product through `F.linear`), fp32"
+FAST_BF16 = "course `generate_text_fast` (`GPTModelFast`), bf16 weights and cache"
 TARGET = 2.0  # the fast generator vs. Hugging Face, fp32 weights, same tokens
 
 
@@ -59,12 +64,9 @@ def book_generate(model: torch.nn.Module, kv_cache_cls, idx: torch.Tensor, n: in
     return torch.cat(out, dim=1)
 
 
-def find_fast_generator() -> tuple[Callable | None, str]:
-    """The fast cached generator of chapter 5's speed notebook, and its name (None if not there yet)."""
-    for name in ("generate_fast", "generate_text_fast", "generate_text_cached_fast"):
-        if hasattr(ch05, name):
-            return getattr(ch05, name), name
-    return None, ""
+def find_fast_generator() -> Callable | None:
+    """``generate_text_fast`` of chapter 5's speed notebook (None where the package lacks it)."""
+    return getattr(ch05, "generate_text_fast", None)
 
 
 def build_methods(
@@ -114,22 +116,21 @@ def build_methods(
         ch04.generate_text_cached(model, idx, n, ctx)
     )
 
-    generate_fast, fast_name = find_fast_generator()
+    generate_fast = find_fast_generator()
     fast_cls = getattr(ch05, "GPTModelFast", None)
     if generate_fast is None or fast_cls is None:
-        notes.append("the fast generator / `GPTModelFast` is not in gpt_from_scratch.ch05 yet: rows skipped")
+        notes.append(
+            "`generate_text_fast` / `GPTModelFast` not in gpt_from_scratch.ch05: their rows are skipped"
+        )
     else:
         fast = fast_cls(cfg).eval()
         fast.load_state_dict(model.state_dict())  # same parameter names and shapes as GPTModel
-        methods[f"course `{fast_name}` (`GPTModelFast`), fp32"] = lambda idx, n: generate_fast(
-            fast, idx, n, ctx
-        )
+        methods[FAST] = lambda idx, n: generate_fast(fast, idx, n, ctx)
+        methods[FAST_LINEAR] = lambda idx, n: generate_fast(fast, idx, n, ctx, grouped=False)
         fast16 = fast_cls(cfg).eval()
         fast16.load_state_dict(model.state_dict())
-        fast16 = fast16.to(torch.bfloat16)
-        methods[f"course `{fast_name}` (`GPTModelFast`), bf16 weights"] = lambda idx, n: generate_fast(
-            fast16, idx, n, ctx
-        )
+        fast16 = fast16.to(torch.bfloat16)  # converted once, as a user decoding in bf16 would
+        methods[FAST_BF16] = lambda idx, n: generate_fast(fast16, idx, n, ctx)
     return methods
 
 
@@ -223,10 +224,7 @@ def main() -> None:
             )
         )
         print()
-    fast_rows = [
-        name for name in methods if name.startswith("course `") and name.endswith("fp32") and "fast" in name
-    ]
-    for name in fast_rows:
+    for name in [FAST] if FAST in methods else []:
         for n in args.new_tokens:
             med = statistics.median(ratios(name, n))
             print(

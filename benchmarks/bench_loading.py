@@ -18,7 +18,8 @@ embeddings against the file, and reports its peak resident memory (VmHWM) above 
 Loaders, where installed:
 
 - course ``load_gpt2_model(path)`` (chapter 5): builds ``GPTModel`` and copies the weights in;
-- the low-memory loader of chapter 5's speed notebook (built on the meta device, weights assigned);
+- ``load_gpt2_model_lowmem(path)`` of chapter 5's speed notebook: ``GPTModelFast`` built on the meta
+  device, the file read tensor by tensor without a memory map, ``load_state_dict(assign=True)``;
 - Hugging Face ``GPT2LMHeadModel.from_pretrained(folder)``;
 - the book's package: its ``GPTModel`` and ``load_weights_into_gpt(gpt, params)``, with ``params``
   the NumPy dict its loader expects, read here from the same file with ``safetensors.numpy``.
@@ -46,22 +47,18 @@ import bench_common as bc
 
 METHODS = {  # method key -> row name
     "course": "course `load_gpt2_model` (chapter 5)",
-    "fast": "course low-memory loader (meta device)",
+    "fast": "course `load_gpt2_model_lowmem` (meta device, `GPTModelFast`, tied head)",
     "hf": "Hugging Face `GPT2LMHeadModel.from_pretrained`",
     "book": "book package `GPTModel` + `load_weights_into_gpt` (params from safetensors.numpy)",
 }
 TARGET = 1.2  # peak memory above baseline, as a multiple of the weight bytes
-FAST_LOADER_NAMES = ("load_gpt2_model_lowmem", "load_gpt2_model_fast", "load_gpt2_lowmem", "load_gpt2_meta")
 
 
 def find_fast_loader():
-    """The low-memory loader of chapter 5's speed notebook, and its name (None if not there yet)."""
+    """``load_gpt2_model_lowmem`` of chapter 5's speed notebook (None where the package lacks it)."""
     import gpt_from_scratch.ch05 as ch05
 
-    for name in FAST_LOADER_NAMES:
-        if hasattr(ch05, name):
-            return getattr(ch05, name), name
-    return None, ""
+    return getattr(ch05, "load_gpt2_model_lowmem", None)
 
 
 def _status_mb(field: str) -> float | None:
@@ -120,7 +117,7 @@ def child(method: str, folder: Path) -> None:
         def load():
             return load_gpt2_model(path, "124M")
     elif method == "fast":
-        loader, _ = find_fast_loader()
+        loader = find_fast_loader()
 
         def load():
             return loader(path, "124M")
@@ -226,7 +223,7 @@ def write_checkpoint(folder: Path) -> tuple[Path, float]:
 def available(notes: list[str]) -> list[str]:
     """The methods whose packages are installed; a note for each one skipped."""
     keys = ["course"]
-    if find_fast_loader()[0] is None:
+    if find_fast_loader() is None:
         notes.append("the low-memory loader is not in gpt_from_scratch.ch05 yet: its row is skipped")
     else:
         keys.append("fast")
