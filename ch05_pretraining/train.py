@@ -287,7 +287,7 @@ def wrap_model(model: torch.nn.Module, device: torch.device, seed: int) -> torch
     if rank > 0:  # rank 0 keeps the random stream of a one-process run; the others draw their own dropout
         torch.manual_seed(seed + rank)
     ids = [device.index] if device.type == "cuda" else None
-    names = inspect.signature(DistributedDataParallel).parameters  # the option's name since torch 2.13:
+    names = inspect.signature(DistributedDataParallel).parameters  # torch 2.13 renamed the option:
     no_sync = "forward_sync_buffers" if "forward_sync_buffers" in names else "broadcast_buffers"
     return DistributedDataParallel(model, device_ids=ids, **{no_sync: False})  # buffers (masks) are constants
 
