@@ -1621,6 +1621,271 @@ class GPTModelFast(nn.Module):
         return self.out_head(x)  # (b, T, vocab_size)
 
 
+# Source: ch05_pretraining/speed.ipynb, 6.2 The grouped matrix-vector trick
+GROUPED_MATVEC_MAX_ROWS = 8  # grouped_matvec uses torch.bmm for at most this many rows
+
+
+@functools.cache
+def grouped_matvec_groups(n: int) -> int:
+    """The smallest divisor of ``n`` from 2 to 64, or 1 if there is none."""
+    return next((k for k in range(2, 65) if n % k == 0), 1)
+
+
+def grouped_matvec(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for x of shape (rows, in); for a few rows on CPU, as a batched product.
+
+    The weight (out, in) is viewed, not copied, as ``groups`` blocks of rows, and ``torch.bmm``
+    multiplies each block with the same input rows: the same dot products as ``F.linear``.
+    """
+    rows = x.shape[0]
+    out_features, in_features = weight.shape
+    groups = grouped_matvec_groups(out_features)
+    if rows > GROUPED_MATVEC_MAX_ROWS or x.device.type != "cpu" or groups == 1 or not weight.is_contiguous():
+        return F.linear(x, weight, bias)
+    blocks = weight.view(groups, out_features // groups, in_features)  # (groups, out/groups, in)
+    y = torch.bmm(blocks, x.T.expand(groups, in_features, rows))  # (groups, out/groups, rows)
+    y = y.view(out_features, rows).T  # (rows, out), a transposed view
+    return y if bias is None else y + bias
+
+
+# Source: ch05_pretraining/speed.ipynb, 6.3 A decoder laid out for one token at a time
+class FastDecoder:
+    """A GPT model's weights prepared for decoding one token at a time, and a preallocated KV cache.
+
+    Works for ``GPTModel`` and ``GPTModelFast`` (same parameter names). The query, key and value
+    weights of each block are stacked once, here; ``dtype`` (default: the model's) sets the dtype of
+    the weights and the cache, e.g. ``torch.bfloat16`` to read half the bytes per token.
+    ``grouped=False`` uses ``F.linear`` instead of ``grouped_matvec``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batch_size: int,
+        max_len: int | None = None,
+        dtype: torch.dtype | None = None,
+        grouped: bool = True,
+    ):
+        cfg = model.cfg
+        self.max_len = cfg["context_length"] if max_len is None else max_len
+        if not 0 < self.max_len <= cfg["context_length"]:
+            raise ValueError(f"max_len must be in 1..{cfg['context_length']}, got {self.max_len}")
+        self.batch_size, self.n_heads = batch_size, cfg["n_heads"]
+        self.head_dim = cfg["emb_dim"] // cfg["n_heads"]
+        self.dtype = model.tok_emb.weight.dtype if dtype is None else dtype
+        self.linear = grouped_matvec if grouped else F.linear
+
+        def prep(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.detach().to(self.dtype).contiguous()  # no copy if already so
+
+        def pair(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+            return prep(layer.weight), prep(layer.bias)
+
+        def norm(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+            return prep(layer.scale), prep(layer.shift)
+
+        with torch.no_grad():
+            self.tok_emb, self.pos_emb = prep(model.tok_emb.weight), prep(model.pos_emb.weight)
+            self.blocks = []
+            for block in model.trf_blocks:
+                att, (fc1, _, fc2) = block.att, block.ff.layers
+                qkv = (att.W_query, att.W_key, att.W_value)
+                qkv_bias = None if att.W_query.bias is None else torch.cat([lin.bias for lin in qkv])
+                self.blocks.append(
+                    {
+                        "norm1": norm(block.norm1),
+                        "qkv": (
+                            prep(torch.cat([lin.weight for lin in qkv])),
+                            prep(qkv_bias),
+                        ),  # (3 * emb, emb)
+                        "out_proj": pair(att.out_proj),
+                        "norm2": norm(block.norm2),
+                        "fc1": pair(fc1),
+                        "fc2": pair(fc2),
+                    }
+                )
+            self.final_norm = norm(model.final_norm)
+            tied = model.out_head.weight is model.tok_emb.weight
+            self.out_head = self.tok_emb if tied else prep(model.out_head.weight)  # a tied head is read once
+        shape = (cfg["n_layers"], batch_size, cfg["n_heads"], self.max_len, self.head_dim)
+        self.keys = torch.empty(shape, dtype=self.dtype, device=self.tok_emb.device)
+        self.values = torch.empty(shape, dtype=self.dtype, device=self.tok_emb.device)
+        self.length = 0  # how many positions hold valid keys and values
+
+    def reset(self) -> None:
+        """Forget every cached token (the buffers are kept and overwritten later)."""
+        self.length = 0
+
+    @torch.inference_mode()
+    def step(self, idx: torch.Tensor) -> torch.Tensor:
+        """Float32 logits (b, vocab_size) for the token after new tokens ``idx`` (b, T); updates the cache.
+
+        Several new tokens (a prompt) go only into an empty cache.
+        """
+        b, num_new = idx.shape
+        start, end = self.length, self.length + num_new
+        if b != self.batch_size or end > self.max_len or (num_new > 1 and start > 0):
+            raise ValueError(
+                f"cannot add {num_new} tokens of batch {b} to a cache holding {start} of {self.max_len} "
+                f"tokens for batch {self.batch_size}; a prompt goes into an empty cache (reset first)"
+            )
+        emb_dim = self.tok_emb.shape[1]
+        x = F.embedding(idx, self.tok_emb) + self.pos_emb[start:end]  # (b, T, emb_dim)
+        x = x.view(b * num_new, emb_dim)  # (b*T, emb_dim): one row per token for the products
+        for layer, p in enumerate(self.blocks):
+            qkv = self.linear(F.layer_norm(x, (emb_dim,), *p["norm1"]), *p["qkv"])  # (b*T, 3 * emb_dim)
+            qkv = qkv.view(b, num_new, 3, self.n_heads, self.head_dim)  # (b, T, 3, n_heads, head_dim)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (b, n_heads, T, head_dim)
+            self.keys[layer, :, :, start:end] = k  # written in place into the preallocated cache
+            self.values[layer, :, :, start:end] = v
+            keys = self.keys[layer, :, :, :end]  # (b, n_heads, end, head_dim): every token so far
+            values = self.values[layer, :, :, :end]
+            context = F.scaled_dot_product_attention(
+                q, keys, values, is_causal=num_new > 1
+            )  # (b, n_heads, T, hd)
+            context = context.transpose(1, 2).reshape(b * num_new, emb_dim)  # (b*T, emb_dim)
+            x = x + self.linear(context, *p["out_proj"])
+            hidden = F.gelu(
+                self.linear(F.layer_norm(x, (emb_dim,), *p["norm2"]), *p["fc1"]), approximate="tanh"
+            )
+            x = x + self.linear(hidden, *p["fc2"])
+        self.length = end
+        x = x.view(b, num_new, emb_dim)[:, -1]  # (b, emb_dim): only the last position predicts
+        x = F.layer_norm(x, (emb_dim,), *self.final_norm)
+        return self.linear(x, self.out_head).float()  # (b, vocab_size)
+
+
+def generate_text_fast(
+    model: nn.Module,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    context_size: int,
+    dtype: torch.dtype | None = None,
+    grouped: bool = True,
+) -> torch.Tensor:
+    """Greedy decoding with ``FastDecoder``: the tokens of ``generate_text_simple`` (in float32), faster.
+
+    ``dtype`` and ``grouped`` are passed to ``FastDecoder``; bfloat16 may change some tokens.
+    """
+    if idx.dim() != 2 or idx.shape[1] == 0:
+        raise ValueError(
+            f"idx must have shape (batch, tokens) with at least one token, got {tuple(idx.shape)}"
+        )
+    b, num_prompt = idx.shape
+    longest = min(context_size, num_prompt + max_new_tokens - 1)  # the longest window ever fed
+    if max_new_tokens > 0 and longest > model.cfg["context_length"]:  # as the model in generate_text_simple
+        raise ValueError(
+            f"input has {longest} tokens, more than the context length "
+            f"{model.cfg['context_length']}; crop it first"
+        )
+    out = torch.empty(b, num_prompt + max_new_tokens, dtype=idx.dtype, device=idx.device)
+    out[:, :num_prompt] = idx
+    if max_new_tokens == 0:
+        return out
+    decoder = FastDecoder(model, b, max_len=longest, dtype=dtype, grouped=grouped)
+    logits = decoder.step(idx[:, -context_size:])
+    for i in range(num_prompt, num_prompt + max_new_tokens):
+        out[:, i] = logits.argmax(dim=-1)  # (b,)
+        if i == num_prompt + max_new_tokens - 1:
+            break  # the last token needs no logits after it
+        if decoder.length < context_size:
+            logits = decoder.step(out[:, i : i + 1])
+        else:  # window full: positions shift, so recompute the cropped window from an empty cache
+            decoder.reset()
+            logits = decoder.step(out[:, i + 1 - context_size : i + 1])
+    return out
+
+
+# Source: ch05_pretraining/speed.ipynb, 7. Loading GPT-2 without two copies of the weights
+SAFETENSORS_DTYPES = {  # the format's dtype names (those GPT-2 files use)
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "BOOL": torch.bool,
+    "I64": torch.int64,
+}
+
+HF_TO_COURSE_BLOCK = {  # Hugging Face's names inside block i ("h.i.") -> ours ("trf_blocks.i.")
+    "ln_1.weight": "norm1.scale",
+    "ln_1.bias": "norm1.shift",
+    "attn.c_proj.weight": "att.out_proj.weight",
+    "attn.c_proj.bias": "att.out_proj.bias",
+    "ln_2.weight": "norm2.scale",
+    "ln_2.bias": "norm2.shift",
+    "mlp.c_fc.weight": "ff.layers.0.weight",
+    "mlp.c_fc.bias": "ff.layers.0.bias",
+    "mlp.c_proj.weight": "ff.layers.2.weight",
+    "mlp.c_proj.bias": "ff.layers.2.bias",
+}
+
+
+def read_safetensors_lowmem(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` file with plain reads, each tensor straight into its own memory (no mmap)."""
+    tensors = {}
+    with open(path, "rb") as fh:
+        header_len = int.from_bytes(fh.read(8), "little")  # the format: header length, JSON header, data
+        header = json.loads(fh.read(header_len))
+        header.pop("__metadata__", None)
+        for name, info in header.items():
+            if info["dtype"] not in SAFETENSORS_DTYPES:
+                raise ValueError(
+                    f"{path}: tensor {name} has dtype {info['dtype']}, not one of {list(SAFETENSORS_DTYPES)}"
+                )
+            begin, end = info["data_offsets"]
+            tensor = torch.empty(info["shape"], dtype=SAFETENSORS_DTYPES[info["dtype"]])
+            fh.seek(8 + header_len + begin)
+            if fh.readinto(tensor.view(-1).view(torch.uint8).numpy()) != end - begin:
+                raise ValueError(f"{path} is truncated: tensor {name} is incomplete")
+            tensors[name] = tensor
+    return tensors
+
+
+def load_gpt2_model_lowmem(
+    path: str | os.PathLike,
+    size: str = "124M",
+    model_class: type[nn.Module] | None = None,
+    cfg: dict | None = None,
+) -> nn.Module:
+    """GPT-2 ``size`` in eval mode from Hugging Face's ``model.safetensors``, holding the weights once.
+
+    The model (``GPTModelFast`` unless ``model_class`` is given) is built on the meta device, the
+    file is read tensor by tensor into our layout, and ``load_state_dict(assign=True)`` makes those
+    tensors the parameters. The output head is the token embedding (tied), as in GPT-2's file.
+    ``cfg`` replaces GPT-2's configuration for a file in GPT-2's format but of another shape.
+    """
+    if cfg is None:
+        cfg = gpt2_config(size, qkv_bias=True, context_length=1024, drop_rate=0.0)  # checks the size
+    with torch.device("meta"):
+        model = (model_class or GPTModelFast)(cfg)  # shapes only: no memory, no random numbers
+    hf = {name.removeprefix("transformer."): t for name, t in read_safetensors_lowmem(path).items()}
+    state = {"tok_emb.weight": hf.pop("wte.weight"), "pos_emb.weight": hf.pop("wpe.weight")}
+    for i in range(cfg["n_layers"]):
+        h, ours = f"h.{i}.", f"trf_blocks.{i}."
+        qkv_weight = hf.pop(h + "attn.c_attn.weight").T  # Conv1D (emb, 3 * emb) -> (3 * emb, emb), a view
+        qkv_bias = hf.pop(h + "attn.c_attn.bias")  # (3 * emb,)
+        for role, weight, bias in zip(
+            ("W_query", "W_key", "W_value"), qkv_weight.chunk(3), qkv_bias.chunk(3)
+        ):
+            state[f"{ours}att.{role}.weight"] = weight.contiguous()  # (emb, emb), copied one at a time
+            state[f"{ours}att.{role}.bias"] = bias.clone()
+        del qkv_weight, qkv_bias  # the file's tensor is freed here
+        for hf_name, our_name in HF_TO_COURSE_BLOCK.items():
+            value = hf.pop(h + hf_name)
+            state[ours + our_name] = value.T.contiguous() if value.dim() == 2 else value  # Conv1D: transpose
+    state["final_norm.scale"], state["final_norm.shift"] = hf.pop("ln_f.weight"), hf.pop("ln_f.bias")
+    state["out_head.weight"] = state["tok_emb.weight"]  # GPT-2 ties them; its file stores one matrix
+    unknown = {k for k in hf if not k.endswith((".attn.bias", ".attn.masked_bias", "lm_head.weight"))}
+    if unknown:
+        raise KeyError(f"{path} holds tensors that are not GPT-2's: {sorted(unknown)[:5]}")
+    model.load_state_dict(state, assign=True)  # the tensors become the parameters: no copy
+    model.out_head.weight = model.tok_emb.weight  # one Parameter under two names
+    for module in model.modules():  # GPTModel's causal masks are buffers, not in the file: rebuild them
+        if isinstance(module, MultiHeadAttention) and module.mask.is_meta:
+            n = cfg["context_length"]
+            module.mask = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)
+    return model.eval()
+
+
 # Source: ch06_classification/ch06.ipynb, 6.2 Preparing the data
 SPAM_LABELS = ("ham", "spam")  # class 0 and class 1
 
