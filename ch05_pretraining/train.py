@@ -625,6 +625,9 @@ def train_books(args: argparse.Namespace, ckpt_path: Path) -> int:
             seed=args.seed,
             load_average=[round(x, 2) for x in os.getloadavg()],  # 1, 5, 15 min, this run included
             schedule_changes=state["history"].get("schedule_changes", []),
+            model_class=type(model).__name__,
+            precision=args.precision,
+            processes=dist.get_world_size() if dist.is_initialized() else 1,
         )
         save_base_model(model, folder, **facts)
     print(

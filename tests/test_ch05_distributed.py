@@ -3,11 +3,12 @@
 Tolerances: two processes compute every batch loss as the mean of two half-batch means and sum
 their gradients in another order than one process does, so losses and weights agree with a
 one-process run up to float32 rounding: batch and validation losses within 1e-5 relative, weights
-within 1e-5 absolute (an AdamW step moves a weight by at most about the learning rate, 4e-4 here,
-so a wrong gradient shows up far above that). A resumed run with the same number of processes
-repeats the same operations, so it must match the uninterrupted run exactly. bf16 autocast rounds
-every matrix product's inputs to 8 significant bits: its first loss is within 2e-2 of fp32's
-(relative), and must differ from it (else autocast did nothing).
+within 1e-5 absolute (measured: 1e-7 and 3e-8; an AdamW step moves a weight by up to about the
+learning rate, 4e-4 to 2e-3 here, so a wrong gradient shows far above that). A resumed run with
+the same number of processes repeats the same operations, so it must match the uninterrupted run
+exactly. bf16 autocast rounds every matrix product's inputs to 8 significant bits: its first loss
+is within 1e-3 of fp32's (relative; measured 2e-5 on the tiny model), and must differ from it
+(else autocast did nothing).
 """
 
 from __future__ import annotations
@@ -195,6 +196,7 @@ def test_books_two_processes_resume_like_one_process(mirror, tmp_path):
     assert_close_weights(weights(one), weights(two), WEIGHT_ATOL)
     config = json.loads((two / "config.json").read_text())
     assert config["steps"] == 6 and config["tokens_seen"] == 6 * 4 * 16  # the global batch counted
+    assert (config["processes"], config["precision"], config["model_class"]) == (2, "fp32", "GPTModel")
     assert sorted(os.listdir(two)) == sorted(os.listdir(one))  # no stray files from rank 1
 
 
@@ -229,7 +231,7 @@ def test_bf16_first_step_loss_is_close_to_fp32(tiny_cfg, one_thread, loop):
 
     fp32, bf16 = first_loss("fp32"), first_loss("bf16")
     assert bf16 != fp32  # autocast ran
-    assert abs(bf16 - fp32) <= 2e-2 * fp32
+    assert abs(bf16 - fp32) <= 1e-3 * fp32
     with pytest.raises(ValueError, match="precision"):
         first_loss("fp16")
 
