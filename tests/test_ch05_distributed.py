@@ -245,11 +245,15 @@ def test_bf16_supported_answers_for_each_device():
 
 
 def test_precision_auto_prints_its_choice_and_keeps_it(mirror, tmp_path):
-    args = [a for a in TEXT if a not in ("--precision", "fp32")]
-    out = train(*args, "--precision", "auto", "--max-steps", "1", "--checkpoint-dir", "run", cwd=tmp_path)
+    args = [a for a in TEXT if a not in ("--precision", "fp32", "--no-fast")]  # the defaults, in 2 processes
+    out = train(
+        *args, "--precision", "auto", "--max-steps", "1", "--checkpoint-dir", "run", cwd=tmp_path, processes=2
+    )
     choice = "bf16" if bf16_supported("cpu") else "fp32"
-    assert f"precision {choice} (auto:" in out
-    assert extras(tmp_path / "run")["args"]["precision"] == choice  # what --resume uses
+    assert out.count(f"model class GPTModelFast, precision {choice} (auto:") == 1
+    state = extras(tmp_path / "run")
+    assert state["args"]["precision"] == choice and state["args"]["fast"]  # what --resume uses
+    assert np.isfinite(state["history"]["batch_losses"]).all()
 
 
 def test_fast_by_default_and_checkpoints_load_into_both_classes(mirror, tmp_path):
