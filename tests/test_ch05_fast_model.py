@@ -254,3 +254,12 @@ def test_dropout_in_training_only(tiny_cfg):
         model.eval()
         torch.testing.assert_close(model(x), model(x))
     assert all(block.att.dropout_p == 0.5 for block in model.trf_blocks)
+
+
+def test_tied_head_starts_small(tiny_cfg):
+    cfg = tiny_cfg(vocab_size=500, emb_dim=64)
+    torch.manual_seed(0)
+    model = GPTModelFast(cfg, tie_weights=True).eval()
+    with torch.no_grad():
+        loss = calc_loss_batch(tokens(cfg), tokens(cfg, seed=1), model, "cpu").item()
+    assert abs(loss - torch.log(torch.tensor(500.0)).item()) < 0.5  # near chance: log(V)

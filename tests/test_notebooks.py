@@ -85,6 +85,7 @@ FOLDED = {
     "ch03_attention/ch03.ipynb",
     "ch04_gpt_model/ch04.ipynb",
     "ch05_pretraining/ch05.ipynb",
+    "ch05_pretraining/speed.ipynb",
     "ch06_classification/ch06.ipynb",
     "ch06_classification/ch06_comparisons.ipynb",
     "ch07_instruction/ch07.ipynb",
