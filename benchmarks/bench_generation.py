@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -191,12 +192,16 @@ def main() -> None:
     secs = {(name, n): [] for n in args.new_tokens for name in methods}
     reference: dict[int, torch.Tensor] = {}  # Hugging Face's tokens for each length
     differ: dict[tuple[str, int], int] = {}  # (method, n) -> most tokens that differed in a run
-    for _ in range(args.repeats):
+    for rnd in range(args.repeats):
         for n in args.new_tokens:
             for name, fn in methods.items():
                 start = time.perf_counter()
                 out = fn(prompt, n)
                 secs[name, n].append(time.perf_counter() - start)
+                print(
+                    f"round {rnd + 1}, {n} tokens: {n / secs[name, n][-1]:6.1f} tokens/s  {name}",
+                    file=sys.stderr,
+                )
                 if name == HF:
                     reference.setdefault(n, out)
                 if out.shape != reference[n].shape:

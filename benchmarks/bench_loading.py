@@ -296,10 +296,10 @@ def main() -> None:
             ]
         )
         med = statistics.median(peaks) / file_mb
-        verdicts.append(
-            f"- {METHODS[key]}: {med:.2f}x the file's weight bytes, target <= {TARGET}x: "
-            f"{'met' if med <= TARGET else 'missed'}"
-        )
+        line = f"- {METHODS[key]}: {med:.2f}x the file's weight bytes"
+        if key == "fast":  # the target is the low-memory loader's
+            line += f", target <= {TARGET}x: {'met' if med <= TARGET else 'missed'}"
+        verdicts.append(line)
     head = [
         "method",
         "seconds, median (min–max)",

@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import gc
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -218,7 +219,7 @@ def main() -> None:
     tokens = args.batch_size * args.seq_len * args.steps
     secs: dict[str, list[float]] = {r.name: [] for r in rows}
     losses: dict[str, float] = {}
-    for _ in range(args.repeats):  # interleaved: a busy moment of the machine hits every row alike
+    for rnd in range(args.repeats):  # interleaved: a busy moment of the machine hits every row alike
         for row in rows:
             model = row.build()
             step = make_step(row, model, x, y)
@@ -228,6 +229,9 @@ def main() -> None:
             for _ in range(args.steps):
                 step()
             secs[row.name].append(time.perf_counter() - start)
+            print(
+                f"round {rnd + 1}: {tokens / secs[row.name][-1]:7.0f} tokens/s  {row.name}", file=sys.stderr
+            )
             del model, step
             gc.collect()
 
