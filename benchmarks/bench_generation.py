@@ -18,7 +18,8 @@ and by the book's ``load_weights_into_gpt``), batch 1, a 10-token prompt, 100 an
   ``generate_text_fast`` of chapter 5's speed notebook (``FastDecoder``: stacked query/key/value
   weights, the grouped matrix-vector products, a preallocated cache) with ``GPTModelFast`` in float32,
   the same with ``grouped=False`` (an ablation: every product through ``F.linear``), and with the
-  model converted to bfloat16 once (weights and cache in bf16; an extra row, its tokens may differ).
+  model converted to bfloat16 once (weights and cache in bf16, with and without the grouped
+  products; extra rows, their tokens may differ).
 
 All run in this one process, interleaved (every method once per round, ``--repeats`` rounds),
 after one untimed warm-up call each. The script checks that every float32 method produced the
@@ -47,6 +48,7 @@ HF = "Hugging Face `generate` (use_cache=True), fp32"
 FAST = "course `generate_text_fast` (`GPTModelFast`), fp32"
 FAST_LINEAR = "course `generate_text_fast`, `grouped=False` (every product through `F.linear`), fp32"
 FAST_BF16 = "course `generate_text_fast` (`GPTModelFast`), bf16 weights and cache"
+FAST_BF16_LINEAR = "course `generate_text_fast`, `grouped=False`, bf16 weights and cache"
 TARGET = 2.0  # the fast generator vs. Hugging Face, fp32 weights, same tokens
 
 
@@ -132,6 +134,7 @@ def build_methods(
         fast16.load_state_dict(model.state_dict())
         fast16 = fast16.to(torch.bfloat16)  # converted once, as a user decoding in bf16 would
         methods[FAST_BF16] = lambda idx, n: generate_fast(fast16, idx, n, ctx)
+        methods[FAST_BF16_LINEAR] = lambda idx, n: generate_fast(fast16, idx, n, ctx, grouped=False)
     return methods
 
 
