@@ -1015,9 +1015,8 @@ class GPTModelFast(nn.Module):
         self.final_norm = FastLayerNorm(cfg["emb_dim"])
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
         if tie_weights:
-            nn.init.normal_(
-                self.tok_emb.weight, std=0.02
-            )  # GPT-2's init: std 1 would be far too large as a head
+            # GPT-2's initialisation: PyTorch's default (std 1) would be far too large for a head
+            nn.init.normal_(self.tok_emb.weight, std=0.02)
             self.out_head.weight = self.tok_emb.weight  # one Parameter under two names
         self.register_load_state_dict_pre_hook(self._refuse_untied_state)
         self.register_load_state_dict_post_hook(self._tie_after_load)
