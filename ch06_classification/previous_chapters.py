@@ -1468,9 +1468,9 @@ def load_base_model(
                     f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters",
                     f"emb_dim {cfg['emb_dim']}, {cfg['n_layers']} layers, context {cfg['context_length']}",
                 ]
-                if "tokens_seen" in config:
+                if config.get("tokens_seen") is not None:  # absent or null: say nothing
                     facts.append(f"{config['tokens_seen']:,} training tokens")
-                if "val_loss" in config:
+                if config.get("val_loss") is not None:
                     facts.append(f"held-out loss {config['val_loss']:.3f}")
                 name = Path(books_dir).name
                 return model.to(device).eval(), f"the course's books model ({name}: {'; '.join(facts)})"

@@ -60,8 +60,8 @@ and prints the **mode** and what a full run costs: *full* is the real course; *q
 training steps so that the notebook runs in a few minutes, with numbers that differ from the text."""
 
 
-def setup_cell(chapter: str) -> str:
-    """Source of the first code cell of every notebook in folder ``chapter``."""
+def setup_cell(chapter: str, notebook: str) -> str:
+    """Source of the first code cell of ``notebook`` (a file name) in folder ``chapter``."""
     return f'''{SETUP_MARKER}: written by `python -m tools.export` from shared/colab.py; do not edit
 # Set up the course: find its files (in Colab, clone them first), then print the run mode.
 import os
@@ -88,7 +88,7 @@ if root is None:
 sys.path.insert(0, str(root))
 from shared.colab import setup_course  # noqa: E402
 
-setup_course("{chapter}")'''
+setup_course("{chapter}", "{notebook}")'''
 
 
 def _missing_packages() -> list[str]:
@@ -96,7 +96,7 @@ def _missing_packages() -> list[str]:
     return [spec for module, spec in COLAB_PACKAGES.items() if importlib.util.find_spec(module) is None]
 
 
-def setup_course(chapter: str) -> None:
+def setup_course(chapter: str, notebook: str | None = None) -> None:
     """Install what Colab lacks, work in (and import from) ``chapter``'s folder, print the mode."""
     from shared.runtime import REPO_ROOT as root  # the course's folder, wherever it was cloned
     from shared.runtime import mode_banner
@@ -113,4 +113,4 @@ def setup_course(chapter: str) -> None:
     for path in (str(root), str(folder)):
         if path not in sys.path:
             sys.path.insert(0, path)
-    print(mode_banner(chapter))
+    print(mode_banner(chapter, notebook))

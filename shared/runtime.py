@@ -29,7 +29,8 @@ def pick(full: T, quick: T) -> T:
     return quick if is_quick() else full
 
 
-# What full mode costs, per chapter folder, on a laptop CPU (the stored outputs come from full mode).
+# What full mode costs on a laptop CPU (the stored outputs come from full mode), per chapter folder;
+# a "folder/notebook.ipynb" entry overrides its folder's for one notebook.
 FULL_MODE_COST = {
     "ch01_llms": "seconds; nothing in this chapter depends on the mode",
     "ch02_text_data": "seconds; nothing in this chapter depends on the mode",
@@ -39,6 +40,22 @@ FULL_MODE_COST = {
         "about 10 minutes of training on a laptop CPU (more on a slow or busy one), a few GB of memory"
         " and about 2 GB of disk for checkpoints"
     ),
+    "ch05_pretraining/base_model.ipynb": (
+        "about an hour of pretraining on 2 CPU cores (the notebook resumes a run made beforehand with"
+        " train.py), 15 minutes for the size comparison and about 1 GB of disk"
+    ),
+    "ch06_classification": (
+        "about 10 minutes of finetuning on a laptop CPU; it needs a base model (GPT-2, or the books model"
+        " of ch05_pretraining/base_model.ipynb)"
+    ),
+    "ch06_classification/ch06_comparisons.ipynb": (
+        "about 25 minutes of finetuning on a laptop CPU; it needs a base model (GPT-2, or the books model"
+        " of ch05_pretraining/base_model.ipynb)"
+    ),
+    "ch07_instruction": (
+        "about 15 minutes of finetuning and generation on a laptop CPU; it needs a base model (GPT-2, or"
+        " the books model of ch05_pretraining/base_model.ipynb)"
+    ),
 }
 SWITCH_HINT = (
     "To switch, run `%env COURSE_QUICK={value}` in a cell, then the notebook again from the top"
@@ -46,14 +63,16 @@ SWITCH_HINT = (
 )
 
 
-def mode_banner(chapter: str | None = None) -> str:
+def mode_banner(chapter: str | None = None, notebook: str | None = None) -> str:
     """Which mode this run is in, what full mode costs for ``chapter`` (a folder name), and how to switch."""
     if is_quick():
         return (
             "QUICK mode (COURSE_QUICK=1): small data, models and step counts; numbers will differ from the"
             " text.\n" + SWITCH_HINT.format(value=0) + " Full mode is the real course."
         )
-    cost = FULL_MODE_COST.get(chapter or "", "minutes of training and some disk for checkpoints")
+    cost = FULL_MODE_COST.get(f"{chapter}/{notebook}") or FULL_MODE_COST.get(
+        chapter or "", "minutes of training and some disk for checkpoints"
+    )
     return (
         f"FULL mode: the real course (real data, book-sized runs). Cost of a full run: {cost}.\n"
         + SWITCH_HINT.format(value=1)

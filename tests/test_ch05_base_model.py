@@ -293,6 +293,19 @@ def test_save_then_load_gives_identical_logits(tmp_path, tiny_cfg, monkeypatch):
     assert not torch.equal(probe_logits(loaded), probe_logits(model))
 
 
+def test_books_config_with_unknown_facts_still_loads(tmp_path, tiny_cfg, monkeypatch):
+    monkeypatch.delenv("COURSE_BASE_WEIGHTS", raising=False)
+    model = books_folder(tmp_path / "books", tiny_cfg())
+    config_file = tmp_path / "books" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["val_loss"] = None  # a run that never evaluated writes null
+    config.pop("tokens_seen")
+    config_file.write_text(json.dumps(config))
+    loaded, source = load_base_model(weights="books", books_dir=tmp_path / "books")
+    assert torch.equal(probe_logits(loaded), probe_logits(model))
+    assert "held-out loss" not in source and "training tokens" not in source and "parameters" in source
+
+
 def test_gpt2_comes_first_when_present(tmp_path, tiny_cfg, tiny_gpt2_builder):
     books_folder(tmp_path / "books", tiny_cfg())
     path, gpt2 = tiny_gpt2_file(tmp_path / "hf" / "model.safetensors", tiny_cfg())

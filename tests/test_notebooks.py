@@ -84,6 +84,7 @@ FOLDED = {
     "ch02_text_data/bpe_from_scratch.ipynb",
     "ch03_attention/ch03.ipynb",
     "ch04_gpt_model/ch04.ipynb",
+    "ch05_pretraining/base_model.ipynb",
     "ch05_pretraining/ch05.ipynb",
     "ch05_pretraining/speed.ipynb",
     "ch06_classification/ch06.ipynb",

@@ -79,10 +79,24 @@ def test_readme_links_every_chapter_notebook_to_colab_from_the_one_address():
 
 
 def test_the_address_is_configured_once_and_overridable():
-    cell = setup_cell("ch01_llms")
+    cell = setup_cell("ch01_llms", "ch01.ipynb")
     assert cell.count(REPO_URL) == 1 and f'os.environ.get("{REPO_ENV}", "{REPO_URL}")' in cell
     assert len(cell.splitlines()) <= 30, "a learner's first cell should stay short"
     assert BRANCH and CLONE_DIR
+
+
+def test_full_mode_cost_is_per_notebook_where_one_is_given(monkeypatch):
+    from shared.runtime import FULL_MODE_COST, mode_banner
+
+    monkeypatch.setenv("COURSE_QUICK", "0")
+    own = FULL_MODE_COST["ch05_pretraining/base_model.ipynb"]
+    assert own in mode_banner("ch05_pretraining", "base_model.ipynb")
+    assert FULL_MODE_COST["ch05_pretraining"] in mode_banner("ch05_pretraining", "ch05.ipynb")  # the folder's
+    assert own not in mode_banner("ch05_pretraining", "ch05.ipynb")
+    assert FULL_MODE_COST["ch05_pretraining"] in mode_banner("ch05_pretraining")
+    for name in FULL_MODE_COST:  # every entry names a real folder or notebook
+        assert (REPO_ROOT / name).exists(), name
+    assert "minutes of training" in mode_banner("no_such_chapter")
 
 
 def _repository_copy(tmp_path: Path) -> str:
@@ -161,7 +175,10 @@ def test_a_notebook_alone_in_colab_clones_the_course_and_runs(tmp_path):
 
 def test_a_failed_clone_says_so_in_one_line(tmp_path):
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(STAND_IN), nbformat.v4.new_code_cell(setup_cell("ch01_llms"))]
+    nb.cells = [
+        nbformat.v4.new_code_cell(STAND_IN),
+        nbformat.v4.new_code_cell(setup_cell("ch01_llms", "ch01.ipynb")),
+    ]
     _run(nb, tmp_path, {REPO_ENV: (tmp_path / "no-such-repo").as_uri()}, allow_errors=True)
     (error,) = _errors(nb)
     assert error.ename == "CourseNotFound"
@@ -171,7 +188,7 @@ def test_a_failed_clone_says_so_in_one_line(tmp_path):
 
 def test_a_notebook_outside_the_course_says_what_to_do(tmp_path):
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(setup_cell("ch01_llms"))]
+    nb.cells = [nbformat.v4.new_code_cell(setup_cell("ch01_llms", "ch01.ipynb"))]
     _run(nb, tmp_path, {}, allow_errors=True)
     (error,) = _errors(nb)
     assert error.ename == "CourseNotFound" and "not inside a chapter folder" in error.evalue

@@ -256,7 +256,7 @@ def test_setup_cells_come_from_the_one_template():
         for notebook in export.chapter_notebooks(chapter):
             nb = json.loads(notebook.read_text())
             first = next(c for c in nb["cells"] if c["cell_type"] == "code")
-            assert "".join(first["source"]) == setup_cell(chapter.name), notebook
+            assert "".join(first["source"]) == setup_cell(chapter.name, notebook.name), notebook
             assert "nbval-ignore-output" in first["metadata"]["tags"]
     hits = [
         p

@@ -309,7 +309,7 @@ def _with_setup_cell(notebook: Path, root: Path = ROOT) -> str | None:
     if first is None or not _cell_source(cells[first]).startswith(SETUP_MARKER):
         return None
     setup = cells[first]
-    setup["source"] = setup_cell(notebook.parent.name).splitlines(keepends=True)
+    setup["source"] = setup_cell(notebook.parent.name, notebook.name).splitlines(keepends=True)
     setup.setdefault("metadata", {})["tags"] = sorted({*setup["metadata"].get("tags", []), SETUP_TAG})
     link = colab_link_cell(notebook.relative_to(root).as_posix()).splitlines(keepends=True)
     above = cells[first - 1] if first > 0 else None
