@@ -14,7 +14,8 @@ Examples (from the repository root):
     python ch06_classification/finetune.py --quick                # a subset and one short epoch
 
 Training keeps one copy of each message, balances the classes by undersampling, splits 70/10/20
-with a fixed seed, and saves ``classifier.pth`` in ``--checkpoint-dir`` after every epoch (LoRA
+with ``--split-seed`` (by default ``--seed``, which also sets the head's start and the order of the
+batches), and saves ``classifier.pth`` in ``--checkpoint-dir`` after every epoch (LoRA
 adapters are merged into the saved copy). ``--classify`` loads that file and prints the label and
 its probability for each message, without training.
 """
@@ -56,6 +57,16 @@ CHECKPOINT = "classifier.pth"
 DEFAULT_LR = {"last_block": (5e-5, 3e-4), "lora": (5e-4, 2e-3)}
 
 
+def spam_splits(seed: int, quick: bool = False) -> tuple:
+    """Section 6.2's data: one copy per message, balanced, labels 0/1, split 70/10/20 with ``seed``."""
+    from shared.data import fetch
+
+    messages = read_sms_spam(fetch("sms+spam+collection.zip", quiet=True)).drop_duplicates("Text")
+    balanced = balance_classes(messages, seed=seed, n_per_class=20 if quick else None)
+    balanced["Label"] = balanced["Label"].map({name: i for i, name in enumerate(SPAM_LABELS)})
+    return split_data_frame(balanced, train_frac=0.7, val_frac=0.1, seed=seed)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -84,7 +95,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--eval-freq", type=int, default=50, help="estimate the losses every N steps")
     p.add_argument("--eval-iter", type=int, default=5, help="batches per estimate")
-    p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--seed", type=int, default=123, help="the head's start and the order of the batches")
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        default=None,
+        help="the balancing and the 70/10/20 split (default: --seed); keep it fixed to compare --seed runs",
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -133,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.classify:
         return classify(args)
-    from shared.data import fetch, fetch_gpt2_safetensors
+    from shared.data import fetch_gpt2_safetensors
     from shared.runtime import checkpoint_dir, get_device, is_quick, set_seed
     from shared.tokenizer import get_gpt2_tokenizer
 
@@ -144,11 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         args.epochs, args.eval_freq, args.eval_iter = 1, 2, 1
         args.weights = args.weights or "books"
 
-    # Data: one copy per message, balanced, split 70/10/20 (section 6.2)
-    messages = read_sms_spam(fetch("sms+spam+collection.zip", quiet=True)).drop_duplicates("Text")
-    balanced = balance_classes(messages, seed=args.seed, n_per_class=20 if args.quick else None)
-    balanced["Label"] = balanced["Label"].map({name: i for i, name in enumerate(SPAM_LABELS)})
-    train_df, val_df, test_df = split_data_frame(balanced, train_frac=0.7, val_frac=0.1, seed=args.seed)
+    split_seed = args.seed if args.split_seed is None else args.split_seed
+    train_df, val_df, test_df = spam_splits(split_seed, quick=args.quick)
 
     # Base model (section 6.4)
     books_dir = args.books_dir or checkpoint_dir("books-quick" if args.quick and not is_quick() else "books")
@@ -177,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     truncated = train_ds.num_truncated + val_ds.num_truncated + test_ds.num_truncated
     print(
         f"{len(train_ds)} training, {len(val_ds)} validation, {len(test_ds)} test messages; "
-        f"{train_ds.max_length} tokens each ({truncated} truncated)"
+        f"{train_ds.max_length} tokens each ({truncated} truncated); "
+        f"split seed {split_seed}, seed {args.seed}"
     )
     shuffle_gen = torch.Generator().manual_seed(args.seed)
     train_loader = DataLoader(train_ds, args.batch_size, shuffle=True, drop_last=True, generator=shuffle_gen)

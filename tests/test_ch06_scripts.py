@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -49,7 +50,8 @@ def run(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
 def test_finetune_quick_end_to_end_then_classify(mirror, tmp_path, lora):
     books = write_books_checkpoint(tmp_path / "books")
     out = tmp_path / "out"
-    extra = ["--lora", "--rank", "2", "--alpha", "4"] if lora else []
+    # the LoRA run also trains with another seed on the default split
+    extra = ["--lora", "--rank", "2", "--alpha", "4", "--seed", "5", "--split-seed", "123"] if lora else []
     common = ["--checkpoint-dir", str(out), "--device", "cpu"]
     weights = ["--weights", "books", "--books-dir", str(books)]
     log = run("--quick", *weights, *common, *extra, cwd=tmp_path).stdout
@@ -57,6 +59,7 @@ def test_finetune_quick_end_to_end_then_classify(mirror, tmp_path, lora):
     assert "cut to the model's context length, 32 tokens" in log
     assert "test accuracy:" in log and "precision" in log
     assert ("LoRA rank 2" in log) == lora
+    assert f"split seed 123, seed {5 if lora else 123}" in log
 
     model, saved = load_classifier(out / "classifier.pth")  # a plain classifier, adapters merged
     assert saved["epoch"] == 1 and saved["max_length"] == 32 and saved["labels"] == ["ham", "spam"]
@@ -67,6 +70,17 @@ def test_finetune_quick_end_to_end_then_classify(mirror, tmp_path, lora):
     assert len(first) == 2 and all(line.split("\t")[0] in ("ham", "spam") for line in first)
     assert [line.split("\t")[2] for line in first] == messages
     assert run("--classify", *messages, *common, cwd=tmp_path).stdout.splitlines() == first
+
+
+def test_split_seed_fixes_the_data_and_seed_alone_does_not(mirror):
+    spec = importlib.util.spec_from_file_location("ch06_finetune_script", FINETUNE)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    first, again, other = (script.spam_splits(seed, quick=True) for seed in (123, 123, 124))
+    assert all(a.equals(b) for a, b in zip(first, again, strict=True))
+    assert not all(a.equals(b) for a, b in zip(first, other, strict=True))  # another seed, another split
+    assert script.parse_args(["--seed", "7"]).split_seed is None  # None: the split follows --seed
+    assert script.parse_args(["--seed", "7", "--split-seed", "123"]).split_seed == 123
 
 
 def test_classify_fails_clearly(tmp_path):
