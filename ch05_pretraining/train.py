@@ -102,10 +102,10 @@ from gpt_from_scratch.ch05 import (
 )
 
 TINY = {"emb_dim": 64, "n_layers": 2, "n_heads": 2, "context_length": 64}
-# The books model's size, chosen by measurement in base_model.ipynb (section 4): the widest layers
-# cost little next to the 50,257-wide output head, so depth is cheap and width is not.
+# The books model's size (base_model.ipynb, section 6, which measures the candidates): the widest
+# layers cost little next to the 50,257-wide output head, so depth is cheap and width is not.
 BOOKS_MODEL = {"emb_dim": 128, "n_layers": 8, "n_heads": 4, "context_length": 256}
-BOOKS_STEPS = 2500  # about 55 minutes on 2 CPU cores with bfloat16 (measured; see the notebook)
+BOOKS_STEPS = 2500  # 61 minutes on 2 CPU cores with bfloat16 (measured; see the notebook)
 DEFAULTS = {  # per --data: the defaults of the options that differ between the two modes
     "text": dict(
         model="tiny",

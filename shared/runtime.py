@@ -29,6 +29,7 @@ def pick(full: T, quick: T) -> T:
     return quick if is_quick() else full
 
 
+NEEDS_BASE_MODEL = "it needs a base model (GPT-2, or the books model of ch05_pretraining/base_model.ipynb)"
 # What full mode costs on a laptop CPU (the stored outputs come from full mode), per chapter folder;
 # a "folder/notebook.ipynb" entry overrides its folder's for one notebook.
 FULL_MODE_COST = {
@@ -44,18 +45,11 @@ FULL_MODE_COST = {
         "about an hour of pretraining on 2 CPU cores (the notebook resumes a run made beforehand with"
         " train.py), 15 minutes for the size comparison and about 1 GB of disk"
     ),
-    "ch06_classification": (
-        "about 10 minutes of finetuning on a laptop CPU; it needs a base model (GPT-2, or the books model"
-        " of ch05_pretraining/base_model.ipynb)"
-    ),
+    "ch06_classification": f"about 10 minutes of finetuning on a laptop CPU; {NEEDS_BASE_MODEL}",
     "ch06_classification/ch06_comparisons.ipynb": (
-        "about 25 minutes of finetuning on a laptop CPU; it needs a base model (GPT-2, or the books model"
-        " of ch05_pretraining/base_model.ipynb)"
+        f"about 25 minutes of finetuning on a laptop CPU; {NEEDS_BASE_MODEL}"
     ),
-    "ch07_instruction": (
-        "about 15 minutes of finetuning and generation on a laptop CPU; it needs a base model (GPT-2, or"
-        " the books model of ch05_pretraining/base_model.ipynb)"
-    ),
+    "ch07_instruction": f"about 15 minutes of finetuning and generation on a laptop CPU; {NEEDS_BASE_MODEL}",
 }
 SWITCH_HINT = (
     "To switch, run `%env COURSE_QUICK={value}` in a cell, then the notebook again from the top"
@@ -64,7 +58,7 @@ SWITCH_HINT = (
 
 
 def mode_banner(chapter: str | None = None, notebook: str | None = None) -> str:
-    """Which mode this run is in, what full mode costs for ``chapter`` (a folder name), and how to switch."""
+    """Which mode this run is in, what full mode costs for ``chapter``/``notebook``, and how to switch."""
     if is_quick():
         return (
             "QUICK mode (COURSE_QUICK=1): small data, models and step counts; numbers will differ from the"
