@@ -408,9 +408,12 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm transformer block: attention and feed-forward, each with a shortcut."""
 
+    attention_class = MultiHeadAttention  # the classes of its layers: a subclass may name others
+    norm_class = LayerNorm
+
     def __init__(self, cfg: dict):
         super().__init__()
-        self.att = MultiHeadAttention(
+        self.att = self.attention_class(
             d_in=cfg["emb_dim"],
             d_out=cfg["emb_dim"],
             context_length=cfg["context_length"],
@@ -419,8 +422,8 @@ class TransformerBlock(nn.Module):
             qkv_bias=cfg["qkv_bias"],
         )
         self.ff = FeedForward(cfg)
-        self.norm1 = LayerNorm(cfg["emb_dim"])
-        self.norm2 = LayerNorm(cfg["emb_dim"])
+        self.norm1 = self.norm_class(cfg["emb_dim"])
+        self.norm2 = self.norm_class(cfg["emb_dim"])
         self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -433,6 +436,9 @@ class TransformerBlock(nn.Module):
 class GPTModel(nn.Module):
     """GPT-2: token and position embeddings, transformer blocks, final norm, output head."""
 
+    block_class = TransformerBlock  # the classes of its layers: a subclass may name others
+    norm_class = LayerNorm
+
     def __init__(self, cfg: dict):
         super().__init__()
         check_config(cfg)
@@ -440,8 +446,8 @@ class GPTModel(nn.Module):
         self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
         self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
         self.drop_emb = nn.Dropout(cfg["drop_rate"])
-        self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg["n_layers"])])
-        self.final_norm = LayerNorm(cfg["emb_dim"])
+        self.trf_blocks = nn.Sequential(*[self.block_class(cfg) for _ in range(cfg["n_layers"])])
+        self.final_norm = self.norm_class(cfg["emb_dim"])
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
 
     def forward(self, in_idx: torch.Tensor) -> torch.Tensor:

@@ -419,9 +419,12 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm transformer block: attention and feed-forward, each with a shortcut."""
 
+    attention_class = MultiHeadAttention  # the classes of its layers: a subclass may name others
+    norm_class = LayerNorm
+
     def __init__(self, cfg: dict):
         super().__init__()
-        self.att = MultiHeadAttention(
+        self.att = self.attention_class(
             d_in=cfg["emb_dim"],
             d_out=cfg["emb_dim"],
             context_length=cfg["context_length"],
@@ -430,8 +433,8 @@ class TransformerBlock(nn.Module):
             qkv_bias=cfg["qkv_bias"],
         )
         self.ff = FeedForward(cfg)
-        self.norm1 = LayerNorm(cfg["emb_dim"])
-        self.norm2 = LayerNorm(cfg["emb_dim"])
+        self.norm1 = self.norm_class(cfg["emb_dim"])
+        self.norm2 = self.norm_class(cfg["emb_dim"])
         self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -444,6 +447,9 @@ class TransformerBlock(nn.Module):
 class GPTModel(nn.Module):
     """GPT-2: token and position embeddings, transformer blocks, final norm, output head."""
 
+    block_class = TransformerBlock  # the classes of its layers: a subclass may name others
+    norm_class = LayerNorm
+
     def __init__(self, cfg: dict):
         super().__init__()
         check_config(cfg)
@@ -451,8 +457,8 @@ class GPTModel(nn.Module):
         self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
         self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
         self.drop_emb = nn.Dropout(cfg["drop_rate"])
-        self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg["n_layers"])])
-        self.final_norm = LayerNorm(cfg["emb_dim"])
+        self.trf_blocks = nn.Sequential(*[self.block_class(cfg) for _ in range(cfg["n_layers"])])
+        self.final_norm = self.norm_class(cfg["emb_dim"])
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
 
     def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
@@ -1491,25 +1497,12 @@ def load_base_model(
 
 
 # Source: ch05_pretraining/speed.ipynb, 2. One product for queries, keys and values, and PyTorch's attentio...
-class FusedQKVAttention(nn.Module):
-    """Causal multi-head attention with ``MultiHeadAttention``'s parameters: one QKV product, then SDPA.
+class FusedQKVAttention(MultiHeadAttention):
+    """``MultiHeadAttention`` (same constructor and parameters) computed with one QKV product and SDPA.
 
     ``W_query``, ``W_key`` and ``W_value`` stay three layers (the names and shapes of chapter 3), so
     every checkpoint fits; ``forward`` stacks their weights and multiplies once.
     """
-
-    def __init__(self, d_in: int, d_out: int, dropout: float, num_heads: int, qkv_bias: bool = False):
-        super().__init__()
-        if d_out % num_heads != 0:
-            raise ValueError(f"d_out ({d_out}) must be divisible by num_heads ({num_heads})")
-        self.d_out = d_out
-        self.num_heads = num_heads
-        self.head_dim = d_out // num_heads
-        self.dropout_p = dropout  # dropout on the attention weights, in training only
-        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.out_proj = nn.Linear(d_out, d_out)  # combines the heads' outputs
 
     def qkv_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The three projections as one (3 * d_out, d_in) weight, and one bias (None without biases)."""
@@ -1518,16 +1511,53 @@ class FusedQKVAttention(nn.Module):
         bias = None if self.W_query.bias is None else torch.cat([layer.bias for layer in layers])
         return weight, bias
 
+    def qkv_heads(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, linear: Callable = F.linear
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values, each (b, n_heads, T, head_dim): one product with a stacked weight."""
+        b, num_tokens, _ = x.shape  # (b, T, d_in)
+        qkv = linear(x, weight, bias)  # (b, T, 3 * d_out): one product instead of three
+        qkv = qkv.view(b, num_tokens, 3, self.num_heads, self.head_dim)  # (b, T, 3, n_heads, head_dim)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (b, n_heads, T, head_dim)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, num_tokens, _ = x.shape  # (b, T, d_in)
-        qkv = F.linear(x, *self.qkv_weight())  # (b, T, 3 * d_out): one product instead of three
-        qkv = qkv.view(b, num_tokens, 3, self.num_heads, self.head_dim)  # (b, T, 3, n_heads, head_dim)
-        queries, keys, values = qkv.permute(2, 0, 3, 1, 4)  # each (b, n_heads, T, head_dim)
+        queries, keys, values = self.qkv_heads(x, *self.qkv_weight())
         context = F.scaled_dot_product_attention(
-            queries, keys, values, dropout_p=self.dropout_p if self.training else 0.0, is_causal=True
+            queries, keys, values, dropout_p=self.dropout.p if self.training else 0.0, is_causal=True
         )  # (b, n_heads, T, head_dim)
         context = context.transpose(1, 2).reshape(b, num_tokens, self.d_out)  # (b, T, d_out)
         return self.out_proj(context)
+
+    def forward_cached(
+        self,
+        x: torch.Tensor,
+        cache: KVCache,
+        layer: int,
+        qkv: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+        linear: Callable = F.linear,
+    ) -> torch.Tensor:
+        """Attention output (b, T, d_out) for new tokens ``x`` (b, T, d_in) that follow the cached ones.
+
+        Writes their keys and values into ``layer`` of ``cache`` after its ``cache.length`` tokens (the
+        caller advances ``cache.length`` after the last layer). ``qkv``: the stacked weight and bias,
+        prepared once (default: stacked now); ``linear``: the product (``F.linear`` or ``grouped_matvec``).
+        Several new tokens (a prompt) go only into an empty cache. No dropout: for inference.
+        """
+        b, num_tokens, _ = x.shape  # (b, T, d_in)
+        start, end = cache.length, cache.length + num_tokens
+        if num_tokens > 1 and start > 0:
+            raise ValueError(
+                f"{num_tokens} new tokens after {start} cached ones: a prompt goes into an empty cache"
+            )
+        queries, keys, values = self.qkv_heads(x, *(self.qkv_weight() if qkv is None else qkv), linear)
+        cache.keys[layer, :, :, start:end] = keys  # written in place into the preallocated cache
+        cache.values[layer, :, :, start:end] = values
+        context = F.scaled_dot_product_attention(
+            queries, cache.keys[layer, :, :, :end], cache.values[layer, :, :, :end], is_causal=num_tokens > 1
+        )  # (b, n_heads, T, head_dim): each new token attends to every earlier one
+        context = context.transpose(1, 2).reshape(b, num_tokens, self.d_out)  # (b, T, d_out)
+        return linear(context, self.out_proj.weight, self.out_proj.bias)
 
 
 # Source: ch05_pretraining/speed.ipynb, 2. One product for queries, keys and values, and PyTorch's attentio...
@@ -1538,49 +1568,31 @@ class FastLayerNorm(LayerNorm):
         return F.layer_norm(x, self.scale.shape, self.scale, self.shift, self.eps)
 
 
-class FastTransformerBlock(nn.Module):
-    """``TransformerBlock`` with the same parameter names: fused attention and PyTorch's kernels."""
+class FastTransformerBlock(TransformerBlock):
+    """``TransformerBlock`` with fused attention and PyTorch's kernels; the same parameter names."""
+
+    attention_class = FusedQKVAttention
+    norm_class = FastLayerNorm
 
     def __init__(self, cfg: dict):
-        super().__init__()
-        self.att = FusedQKVAttention(
-            d_in=cfg["emb_dim"],
-            d_out=cfg["emb_dim"],
-            dropout=cfg["drop_rate"],
-            num_heads=cfg["n_heads"],
-            qkv_bias=cfg["qkv_bias"],
-        )
-        self.ff = FeedForward(cfg)
+        super().__init__(cfg)
         self.ff.layers[1] = nn.GELU(approximate="tanh")  # GPT-2's GELU as one kernel; it has no weights
-        self.norm1 = FastLayerNorm(cfg["emb_dim"])
-        self.norm2 = FastLayerNorm(cfg["emb_dim"])
-        self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_shortcut(self.att(self.norm1(x)))  # (b, T, emb_dim)
-        x = x + self.drop_shortcut(self.ff(self.norm2(x)))  # (b, T, emb_dim)
-        return x
 
 
 # Source: ch05_pretraining/speed.ipynb, 3.1 `GPTModelFast`: the same parameters, computed faster
-class GPTModelFast(nn.Module):
-    """``GPTModel`` with the same parameter names and shapes, computed faster; optionally weight-tied.
+class GPTModelFast(GPTModel):
+    """``GPTModel`` with fast blocks and final norm (same parameter names and shapes); optionally weight-tied.
 
     With ``tie_weights`` the output head uses the token embedding's matrix, as GPT-2 does:
     ``out_head.weight is tok_emb.weight``.
     """
 
+    block_class = FastTransformerBlock
+    norm_class = FastLayerNorm
+
     def __init__(self, cfg: dict, tie_weights: bool = False):
-        super().__init__()
-        check_config(cfg)
-        self.cfg = dict(cfg)
+        super().__init__(cfg)
         self.tie_weights = tie_weights
-        self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
-        self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
-        self.drop_emb = nn.Dropout(cfg["drop_rate"])
-        self.trf_blocks = nn.Sequential(*[FastTransformerBlock(cfg) for _ in range(cfg["n_layers"])])
-        self.final_norm = FastLayerNorm(cfg["emb_dim"])
-        self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
         if tie_weights:
             # GPT-2's initialisation: PyTorch's default (std 1) would be far too large for a head
             nn.init.normal_(self.tok_emb.weight, std=0.02)
@@ -1603,24 +1615,13 @@ class GPTModelFast(nn.Module):
             self.out_head.weight = self.tok_emb.weight
 
     def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
-        """Logits of shape (b, T, vocab_size) for token IDs of shape (b, T)."""
-        b, num_tokens = in_idx.shape
-        if num_tokens > self.cfg["context_length"]:
-            raise ValueError(
-                f"input has {num_tokens} tokens, more than the context length "
-                f"{self.cfg['context_length']}; crop it first"
-            )
+        """Logits of shape (b, T, vocab_size) for token IDs of shape (b, T), after checking the tie."""
         if self.tie_weights and self.out_head.weight is not self.tok_emb.weight:
             raise RuntimeError(
                 "tie_weights=True, but out_head.weight is no longer tok_emb.weight (a loader replaced one "
                 "of them); tie them again: model.out_head.weight = model.tok_emb.weight"
             )
-        positions = torch.arange(num_tokens, device=in_idx.device)
-        x = self.tok_emb(in_idx) + self.pos_emb(positions)  # (b, T, emb_dim)
-        x = self.drop_emb(x)
-        x = self.trf_blocks(x)
-        x = self.final_norm(x)
-        return self.out_head(x)  # (b, T, vocab_size)
+        return super().forward(in_idx)
 
 
 # Source: ch05_pretraining/speed.ipynb, 6.2 The grouped matrix-vector trick
@@ -1634,30 +1635,35 @@ def grouped_matvec_groups(n: int) -> int:
 
 
 def grouped_matvec(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` for x of shape (rows, in); for a few rows on CPU, as a batched product.
+    """``F.linear(x, weight, bias)`` for x of shape (..., in); for a few rows on CPU, as a batched product.
 
     The weight (out, in) is viewed, not copied, as ``groups`` blocks of rows, and ``torch.bmm``
     multiplies each block with the same input rows: the same dot products as ``F.linear``.
     """
-    rows = x.shape[0]
+    *lead, _ = x.shape
+    rows = math.prod(lead)  # the rows of x, whatever its leading dimensions
     out_features, in_features = weight.shape
     groups = grouped_matvec_groups(out_features)
     if rows > GROUPED_MATVEC_MAX_ROWS or x.device.type != "cpu" or groups == 1 or not weight.is_contiguous():
         return F.linear(x, weight, bias)
     blocks = weight.view(groups, out_features // groups, in_features)  # (groups, out/groups, in)
-    y = torch.bmm(blocks, x.T.expand(groups, in_features, rows))  # (groups, out/groups, rows)
+    x_rows = x.reshape(rows, in_features)  # (rows, in)
+    y = torch.bmm(blocks, x_rows.T.expand(groups, in_features, rows))  # (groups, out/groups, rows)
     y = y.view(out_features, rows).T  # (rows, out), a transposed view
-    return y if bias is None else y + bias
+    y = y if bias is None else y + bias
+    return y.reshape(*lead, out_features)  # (..., out)
 
 
 # Source: ch05_pretraining/speed.ipynb, 6.3 A decoder laid out for one token at a time
 class FastDecoder:
-    """A GPT model's weights prepared for decoding one token at a time, and a preallocated KV cache.
+    """A GPT model's layers prepared for decoding one token at a time, and a preallocated KV cache.
 
-    Works for ``GPTModel`` and ``GPTModelFast`` (same parameter names). The query, key and value
-    weights of each block are stacked once, here; ``dtype`` (default: the model's) sets the dtype of
-    the weights and the cache, e.g. ``torch.bfloat16`` to read half the bytes per token.
-    ``grouped=False`` uses ``F.linear`` instead of ``grouped_matvec``.
+    Works for ``GPTModel`` and ``GPTModelFast`` (same parameter names): ``self.model`` is a
+    ``GPTModelFast`` sharing the model's weights, converted to ``dtype`` (default: the model's; e.g.
+    ``torch.bfloat16`` reads half the bytes per token), with each block's query, key and value
+    weights stacked once. ``grouped`` (default: for float32 only, where it is faster) makes every product
+    ``grouped_matvec`` instead of ``F.linear``. A model whose parameters are not ``GPTModel``'s (e.g.
+    with LoRA adapters) is decoded in its own dtype by chapter 4's ``forward_with_cache`` (eval mode).
     """
 
     def __init__(
@@ -1666,57 +1672,36 @@ class FastDecoder:
         batch_size: int,
         max_len: int | None = None,
         dtype: torch.dtype | None = None,
-        grouped: bool = True,
+        grouped: bool | None = None,
     ):
-        cfg = model.cfg
-        self.max_len = cfg["context_length"] if max_len is None else max_len
-        if not 0 < self.max_len <= cfg["context_length"]:
-            raise ValueError(f"max_len must be in 1..{cfg['context_length']}, got {self.max_len}")
-        self.batch_size, self.n_heads = batch_size, cfg["n_heads"]
-        self.head_dim = cfg["emb_dim"] // cfg["n_heads"]
         self.dtype = model.tok_emb.weight.dtype if dtype is None else dtype
-        self.linear = grouped_matvec if grouped else F.linear
+        self.grouped = self.dtype == torch.float32 if grouped is None else grouped
+        self.linear = grouped_matvec if self.grouped else F.linear
+        tied = model.out_head.weight is model.tok_emb.weight
+        with torch.device("meta"):
+            fast = GPTModelFast(model.cfg, tie_weights=tied)  # shapes only: no memory, no random numbers
+        state = model.state_dict()
+        if set(state) == set(fast.state_dict()):
+            fast.load_state_dict(state, assign=True)  # the model's tensors, not copies
+            self.model = fast.to(self.dtype).eval().requires_grad_(False)
+            with torch.no_grad():  # (3 * emb_dim, emb_dim) weights and their biases, stacked once
+                self.qkv = [block.att.qkv_weight() for block in self.model.trf_blocks]
+        elif self.dtype == model.tok_emb.weight.dtype:  # other layers: chapter 4's cached pass
+            self.model, self.qkv = model, None
+        else:
+            raise ValueError(
+                f"a model with other layers than GPTModel's decodes only in its own dtype, not {dtype}"
+            )
+        self.cache = KVCache(self.model, batch_size, max_len)  # in self.model's dtype and device
 
-        def prep(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.detach().to(self.dtype).contiguous()  # no copy if already so
-
-        def pair(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-            return prep(layer.weight), prep(layer.bias)
-
-        def norm(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-            return prep(layer.scale), prep(layer.shift)
-
-        with torch.no_grad():
-            self.tok_emb, self.pos_emb = prep(model.tok_emb.weight), prep(model.pos_emb.weight)
-            self.blocks = []
-            for block in model.trf_blocks:
-                att, (fc1, _, fc2) = block.att, block.ff.layers
-                qkv = (att.W_query, att.W_key, att.W_value)
-                qkv_bias = None if att.W_query.bias is None else torch.cat([lin.bias for lin in qkv])
-                self.blocks.append(
-                    {
-                        "norm1": norm(block.norm1),
-                        "qkv": (
-                            prep(torch.cat([lin.weight for lin in qkv])),
-                            prep(qkv_bias),
-                        ),  # (3 * emb, emb)
-                        "out_proj": pair(att.out_proj),
-                        "norm2": norm(block.norm2),
-                        "fc1": pair(fc1),
-                        "fc2": pair(fc2),
-                    }
-                )
-            self.final_norm = norm(model.final_norm)
-            tied = model.out_head.weight is model.tok_emb.weight
-            self.out_head = self.tok_emb if tied else prep(model.out_head.weight)  # a tied head is read once
-        shape = (cfg["n_layers"], batch_size, cfg["n_heads"], self.max_len, self.head_dim)
-        self.keys = torch.empty(shape, dtype=self.dtype, device=self.tok_emb.device)
-        self.values = torch.empty(shape, dtype=self.dtype, device=self.tok_emb.device)
-        self.length = 0  # how many positions hold valid keys and values
+    @property
+    def length(self) -> int:
+        """How many tokens the cache holds."""
+        return self.cache.length
 
     def reset(self) -> None:
         """Forget every cached token (the buffers are kept and overwritten later)."""
-        self.length = 0
+        self.cache.reset()
 
     @torch.inference_mode()
     def step(self, idx: torch.Tensor) -> torch.Tensor:
@@ -1725,71 +1710,89 @@ class FastDecoder:
         Several new tokens (a prompt) go only into an empty cache.
         """
         b, num_new = idx.shape
-        start, end = self.length, self.length + num_new
-        if b != self.batch_size or end > self.max_len or (num_new > 1 and start > 0):
+        start, end = self.cache.length, self.cache.length + num_new
+        if b != self.cache.batch_size or end > self.cache.max_len or (num_new > 1 and start > 0):
             raise ValueError(
-                f"cannot add {num_new} tokens of batch {b} to a cache holding {start} of {self.max_len} "
-                f"tokens for batch {self.batch_size}; a prompt goes into an empty cache (reset first)"
+                f"cannot add {num_new} tokens of batch {b} to a cache holding {start} of "
+                f"{self.cache.max_len} tokens for batch {self.cache.batch_size}; a prompt goes into an "
+                "empty cache (reset first)"
             )
-        emb_dim = self.tok_emb.shape[1]
-        x = F.embedding(idx, self.tok_emb) + self.pos_emb[start:end]  # (b, T, emb_dim)
-        x = x.view(b * num_new, emb_dim)  # (b*T, emb_dim): one row per token for the products
-        for layer, p in enumerate(self.blocks):
-            qkv = self.linear(F.layer_norm(x, (emb_dim,), *p["norm1"]), *p["qkv"])  # (b*T, 3 * emb_dim)
-            qkv = qkv.view(b, num_new, 3, self.n_heads, self.head_dim)  # (b, T, 3, n_heads, head_dim)
-            q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (b, n_heads, T, head_dim)
-            self.keys[layer, :, :, start:end] = k  # written in place into the preallocated cache
-            self.values[layer, :, :, start:end] = v
-            keys = self.keys[layer, :, :, :end]  # (b, n_heads, end, head_dim): every token so far
-            values = self.values[layer, :, :, :end]
-            context = F.scaled_dot_product_attention(
-                q, keys, values, is_causal=num_new > 1
-            )  # (b, n_heads, T, hd)
-            context = context.transpose(1, 2).reshape(b * num_new, emb_dim)  # (b*T, emb_dim)
-            x = x + self.linear(context, *p["out_proj"])
-            hidden = F.gelu(
-                self.linear(F.layer_norm(x, (emb_dim,), *p["norm2"]), *p["fc1"]), approximate="tanh"
-            )
-            x = x + self.linear(hidden, *p["fc2"])
-        self.length = end
-        x = x.view(b, num_new, emb_dim)[:, -1]  # (b, emb_dim): only the last position predicts
-        x = F.layer_norm(x, (emb_dim,), *self.final_norm)
-        return self.linear(x, self.out_head).float()  # (b, vocab_size)
+        if self.qkv is None:
+            return forward_with_cache(self.model, idx, self.cache, last_only=True)[:, -1].float()
+        model, linear = self.model, self.linear
+        x = model.tok_emb(idx) + model.pos_emb.weight[start:end]  # (b, T, emb_dim)
+        for layer, block in enumerate(model.trf_blocks):
+            x = x + block.att.forward_cached(block.norm1(x), self.cache, layer, self.qkv[layer], linear)
+            fc1, gelu, fc2 = block.ff.layers
+            x = x + linear(gelu(linear(block.norm2(x), fc1.weight, fc1.bias)), fc2.weight, fc2.bias)
+        self.cache.length = end
+        x = model.final_norm(x[:, -1])  # (b, emb_dim): only the last position predicts
+        return linear(x, model.out_head.weight).float()  # (b, vocab_size); a tied head is read once
+
+
+def next_token_ids(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None) -> torch.Tensor:
+    """Token IDs (b,) from logits (b, vocab_size): the most likely, or sampled as chapter 5's ``generate``."""
+    if top_k is not None:
+        kth_best = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (b, 1)
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if temperature > 0:
+        probs = torch.softmax(logits / temperature, dim=-1)  # (b, vocab_size)
+        return torch.multinomial(probs, num_samples=1).squeeze(1)  # (b,)
+    return logits.argmax(dim=-1)  # (b,)
 
 
 def generate_text_fast(
     model: nn.Module,
     idx: torch.Tensor,
     max_new_tokens: int,
-    context_size: int,
+    context_size: int | None = None,
     dtype: torch.dtype | None = None,
-    grouped: bool = True,
+    grouped: bool | None = None,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    eos_id: int | None = None,
 ) -> torch.Tensor:
-    """Greedy decoding with ``FastDecoder``: the tokens of ``generate_text_simple`` (in float32), faster.
+    """Cached decoding with ``FastDecoder``: greedy, the tokens of ``generate_text_simple`` (in float32).
 
-    ``dtype`` and ``grouped`` are passed to ``FastDecoder``; bfloat16 may change some tokens.
+    ``context_size`` (default: the model's context length) is the window, as in chapter 4. With
+    ``temperature`` > 0 it samples (``top_k`` optional), the tokens of chapter 5's ``generate`` for the
+    same seed. With ``eos_id`` a sequence ends at that token; in a batch, a finished sequence is
+    padded with ``eos_id`` and decoding stops when all have finished, so the result may have fewer
+    than ``max_new_tokens`` new tokens. ``dtype`` and ``grouped`` go to ``FastDecoder`` (bfloat16 may
+    change some tokens).
     """
     if idx.dim() != 2 or idx.shape[1] == 0:
         raise ValueError(
             f"idx must have shape (batch, tokens) with at least one token, got {tuple(idx.shape)}"
         )
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k}")
+    context_length = model.cfg["context_length"]
+    context_size = context_length if context_size is None else context_size
     b, num_prompt = idx.shape
     longest = min(context_size, num_prompt + max_new_tokens - 1)  # the longest window ever fed
-    if max_new_tokens > 0 and longest > model.cfg["context_length"]:  # as the model in generate_text_simple
+    if max_new_tokens > 0 and longest > context_length:  # as the model in generate_text_simple
         raise ValueError(
-            f"input has {longest} tokens, more than the context length "
-            f"{model.cfg['context_length']}; crop it first"
+            f"input has {longest} tokens, more than the context length {context_length}; crop it first"
         )
     out = torch.empty(b, num_prompt + max_new_tokens, dtype=idx.dtype, device=idx.device)
     out[:, :num_prompt] = idx
     if max_new_tokens == 0:
         return out
     decoder = FastDecoder(model, b, max_len=longest, dtype=dtype, grouped=grouped)
+    finished = torch.zeros(b, dtype=torch.bool, device=idx.device)  # (b,): sequences that reached eos_id
     logits = decoder.step(idx[:, -context_size:])
     for i in range(num_prompt, num_prompt + max_new_tokens):
-        out[:, i] = logits.argmax(dim=-1)  # (b,)
-        if i == num_prompt + max_new_tokens - 1:
-            break  # the last token needs no logits after it
+        next_ids = next_token_ids(logits, temperature, top_k)  # (b,)
+        if eos_id is not None:
+            next_ids = next_ids.masked_fill(finished, eos_id)  # finished sequences: padding
+            finished |= next_ids == eos_id
+        out[:, i] = next_ids
+        if i == num_prompt + max_new_tokens - 1 or (eos_id is not None and bool(finished.all())):
+            return out[:, : i + 1]  # the last token needs no logits after it
         if decoder.length < context_size:
             logits = decoder.step(out[:, i : i + 1])
         else:  # window full: positions shift, so recompute the cropped window from an empty cache

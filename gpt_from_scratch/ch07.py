@@ -22,8 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .ch04 import KVCache, forward_with_cache
-from .ch05 import generate, text_to_token_ids
+from .ch05 import generate_text_fast, text_to_token_ids
 
 # Source: ch07_instruction/ch07.ipynb, 7.2 The dataset
 INSTRUCTION_KEYS = ("instruction", "input", "output")
@@ -174,31 +173,6 @@ def extract_response(ids, prompt_len: int, tokenizer, eos_id: int = 50256) -> st
     return tokenizer.decode(new).strip()
 
 
-def greedy_until_eos(
-    model: nn.Module, idx: torch.Tensor, max_new_tokens: int, eos_id: int | None = None
-) -> torch.Tensor:
-    """Greedy decoding of one sequence (1, T) with chapter 4's KV cache, ending after ``eos_id``.
-
-    Gives the tokens of chapter 5's ``generate`` at temperature 0, which it calls when the text
-    would not fit the context (its window slides) or for a batch of several sequences.
-    """
-    context = model.cfg["context_length"]
-    if idx.shape[0] != 1 or idx.shape[1] + max_new_tokens > context or max_new_tokens == 0:
-        return generate(model, idx, max_new_tokens, context_size=context, eos_id=eos_id)
-    model.eval()  # the cached forward pass has no dropout
-    cache = KVCache(model, 1, max_len=idx.shape[1] + max_new_tokens)
-    logits = forward_with_cache(model, idx, cache, last_only=True)  # (1, 1, vocab_size)
-    new_ids = []
-    for _ in range(max_new_tokens):
-        next_id = int(logits[0, -1].argmax())
-        new_ids.append(next_id)
-        if next_id == eos_id or len(new_ids) == max_new_tokens:
-            break
-        step = torch.tensor([[next_id]], device=idx.device)  # (1, 1)
-        logits = forward_with_cache(model, step, cache, last_only=True)
-    return torch.cat([idx, torch.tensor([new_ids], dtype=idx.dtype, device=idx.device)], dim=1)  # (1, T + n)
-
-
 def respond(
     model: nn.Module, tokenizer, entry: dict | str, max_new_tokens: int = 256, eos_id: int = 50256
 ) -> str:
@@ -208,7 +182,7 @@ def respond(
     device = next(model.parameters()).device
     idx = text_to_token_ids(format_instruction_prompt(entry), tokenizer).to(device)  # (1, T)
     model.eval()
-    out = greedy_until_eos(model, idx, max_new_tokens, eos_id)
+    out = generate_text_fast(model, idx, max_new_tokens, eos_id=eos_id)  # stops after eos_id
     return extract_response(out[0], idx.shape[1], tokenizer, eos_id)
 
 
