@@ -1677,7 +1677,7 @@ class FastDecoder:
         self.dtype = model.tok_emb.weight.dtype if dtype is None else dtype
         self.grouped = self.dtype == torch.float32 if grouped is None else grouped
         self.linear = grouped_matvec if self.grouped else F.linear
-        tied = model.out_head.weight is model.tok_emb.weight
+        tied = getattr(model.out_head, "weight", None) is model.tok_emb.weight  # (an adapter has none)
         with torch.device("meta"):
             fast = GPTModelFast(model.cfg, tie_weights=tied)  # shapes only: no memory, no random numbers
         state = model.state_dict()

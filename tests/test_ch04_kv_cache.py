@@ -12,6 +12,9 @@ from gpt_from_scratch.ch04 import (
     generate_text_cached,
     generate_text_simple,
 )
+from gpt_from_scratch.ch05 import GPTModelFast
+
+MODEL_CLASSES = [GPTModel, GPTModelFast]  # forward_with_cache works for both: the same parameter names
 
 CTX = 16
 
@@ -24,9 +27,9 @@ def small_cfg(tiny_cfg):
     return cfg
 
 
-def make_model(small_cfg, qkv_bias: bool, seed: int = 0):
+def make_model(small_cfg, qkv_bias: bool, seed: int = 0, model_class: type = GPTModel):
     torch.manual_seed(seed)
-    model = GPTModel({**small_cfg, "qkv_bias": qkv_bias}).eval()
+    model = model_class({**small_cfg, "qkv_bias": qkv_bias}).eval()
     with torch.no_grad():  # non-trivial norms and biases, so that every weight matters
         for name, p in model.named_parameters():
             if name.endswith(("scale", "shift", "bias")):
@@ -45,11 +48,12 @@ def outcome(generate, *args):
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
 @pytest.mark.parametrize("qkv_bias", [False, True])
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("prompt_len", [1, 3, CTX - 1, CTX, CTX + 5])
-def test_same_tokens_as_uncached(small_cfg, qkv_bias, batch, prompt_len):
-    model = make_model(small_cfg, qkv_bias)
+def test_same_tokens_as_uncached(small_cfg, qkv_bias, batch, prompt_len, model_class):
+    model = make_model(small_cfg, qkv_bias, model_class=model_class)
     torch.manual_seed(100 + prompt_len)
     idx = torch.randint(0, small_cfg["vocab_size"], (batch, prompt_len))
     new = CTX + 4  # always runs past the context length
@@ -108,10 +112,11 @@ def test_zero_new_tokens_and_empty_prompt(small_cfg):
         generate_text_cached(model, torch.zeros(1, 0, dtype=torch.long), 3, CTX)
 
 
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
 @pytest.mark.parametrize("qkv_bias", [False, True])
-def test_step_logits_match_uncached_last_position(small_cfg, qkv_bias):
+def test_step_logits_match_uncached_last_position(small_cfg, qkv_bias, model_class):
     """Replays generate_text_cached's schedule and compares every step's logits with a full pass."""
-    model = make_model(small_cfg, qkv_bias, seed=1)
+    model = make_model(small_cfg, qkv_bias, seed=1, model_class=model_class)
     torch.manual_seed(7)
     seq = torch.randint(0, small_cfg["vocab_size"], (2, CTX + 8))
     prompt_len = 5
@@ -178,9 +183,10 @@ def test_result_is_an_ordinary_tensor(small_cfg):
     out += 0  # in-place use works
 
 
-def test_prefill_in_chunks(small_cfg):
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+def test_prefill_in_chunks(small_cfg, model_class):
     """Several new tokens after cached ones: positions and the causal mask are offset correctly."""
-    model = make_model(small_cfg, qkv_bias=True, seed=2)
+    model = make_model(small_cfg, qkv_bias=True, seed=2, model_class=model_class)
     seq = torch.randint(0, small_cfg["vocab_size"], (2, 12))
     cache = KVCache(model, batch_size=2)
     chunks = [forward_with_cache(model, seq[:, a:b], cache) for a, b in ((0, 3), (3, 7), (7, 12))]

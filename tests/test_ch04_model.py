@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from gpt_from_scratch.ch03 import MultiHeadAttention
 from gpt_from_scratch.ch04 import (
     GELU,
     GPT_CONFIG_124M,
@@ -62,6 +63,28 @@ def test_shapes(small_cfg, tiny_model):
     assert TransformerBlock(small_cfg).eval()(x).shape == x.shape
     idx = torch.randint(0, 97, (3, 7))
     assert tiny_model(idx).shape == (3, 7, 97)
+
+
+def test_layer_classes_are_class_attributes(small_cfg):
+    """A subclass that names other layer classes gets them, with the same parameter names."""
+    assert (TransformerBlock.attention_class, TransformerBlock.norm_class) == (MultiHeadAttention, LayerNorm)
+    assert (GPTModel.block_class, GPTModel.norm_class) == (TransformerBlock, LayerNorm)
+
+    class OtherNorm(LayerNorm):
+        """A LayerNorm under another name."""
+
+    class OtherBlock(TransformerBlock):
+        norm_class = OtherNorm
+
+    class OtherModel(GPTModel):
+        block_class, norm_class = OtherBlock, OtherNorm
+
+    model, ref = OtherModel(small_cfg), GPTModel(small_cfg)
+    assert isinstance(model.trf_blocks[0], OtherBlock) and isinstance(model.final_norm, OtherNorm)
+    assert type(model.trf_blocks[1].norm2) is OtherNorm and type(ref.trf_blocks[1].norm2) is LayerNorm
+    assert {k: v.shape for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in ref.state_dict().items()
+    }
 
 
 def test_parameter_counts_124m():

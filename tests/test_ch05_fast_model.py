@@ -12,11 +12,15 @@ import copy
 import pytest
 import torch
 
-from gpt_from_scratch.ch04 import GPTModel, generate_text_simple
+from gpt_from_scratch.ch03 import MultiHeadAttention
+from gpt_from_scratch.ch04 import GPTModel, KVCache, TransformerBlock, generate_text_simple
 from gpt_from_scratch.ch05 import (
     FastDecoder,
+    FastTransformerBlock,
+    FusedQKVAttention,
     GPTModelFast,
     calc_loss_batch,
+    generate,
     generate_text_fast,
     grouped_matvec,
     load_gpt2_model_lowmem,
@@ -26,6 +30,7 @@ from gpt_from_scratch.ch05 import (
 )
 from shared.gpt2_checkpoints import write_hf_safetensors
 
+MODEL_CLASSES = [GPTModel, GPTModelFast]
 ATOL, RTOL = 1e-5, 1e-4  # float32 rounding: fused products and kernels add in another order
 BF16_LOSS_RTOL = 0.02  # a bf16 autocast step's loss within 2% of float32's
 
@@ -145,16 +150,20 @@ def test_lowmem_reader_equals_safetensors(cfg, tmp_path):
         read_safetensors_lowmem(path)
 
 
+@pytest.mark.parametrize("batch", [1, 2, 3])
 @pytest.mark.parametrize("context_size", [16, 6])  # the model's context, and a sliding window
-def test_greedy_tokens_identical(cfg, context_size):
+def test_greedy_tokens_identical(cfg, context_size, batch):
     ref, fast = pair(cfg)
-    prompt = tokens(cfg, t=3)
+    prompt = tokens(cfg, b=batch, t=3)
     expected = generate_text_simple(ref, prompt, 20, context_size)
     assert torch.equal(generate_text_simple(fast, prompt, 20, context_size), expected)
     assert torch.equal(generate_text_fast(ref, prompt, 20, context_size), expected)
     assert torch.equal(generate_text_fast(fast, prompt, 20, context_size), expected)
     assert torch.equal(generate_text_fast(fast, prompt, 20, context_size, grouped=False), expected)
     assert torch.equal(generate_text_fast(fast, prompt, 0, context_size), prompt)
+    assert torch.equal(generate_text_fast(ref, prompt, 1, context_size), expected[:, :4])
+    if context_size == cfg["context_length"]:  # the default window is the model's context
+        assert torch.equal(generate_text_fast(ref, prompt, 20), expected)
 
 
 def test_generate_text_fast_tied_and_bf16(cfg):
@@ -178,6 +187,162 @@ def test_generate_text_fast_refuses_too_long_windows_like_simple(cfg):
     assert torch.equal(generate_text_fast(ref, prompt, 8, 40), generate_text_simple(ref, prompt, 8, 40))
 
 
+def test_subclasses_share_the_lesson_classes(cfg):
+    """One model family: the fast classes are the lesson's with other layer classes, no forward of their own."""
+    assert issubclass(GPTModelFast, GPTModel) and issubclass(FastTransformerBlock, TransformerBlock)
+    assert issubclass(FusedQKVAttention, MultiHeadAttention)
+    assert "forward" not in vars(FastTransformerBlock)  # TransformerBlock.forward runs the fast block
+    _, fast = pair(cfg)
+    assert all(isinstance(block.att, FusedQKVAttention) for block in fast.trf_blocks)
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+@pytest.mark.parametrize("context_size", [16, 5])
+@pytest.mark.parametrize(("temperature", "top_k"), [(1.0, None), (0.7, 10), (1.5, 1)])
+def test_sampling_same_tokens_as_generate(cfg, model_class, context_size, temperature, top_k):
+    """Sampled with the same seed, the fast decoder draws the tokens of chapter 5's ``generate``."""
+    ref, fast = pair(cfg)
+    model = ref if model_class is GPTModel else fast
+    prompt = tokens(cfg, b=2, t=3)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        want = generate(model, prompt, 20, context_size, temperature=temperature, top_k=top_k)
+        torch.manual_seed(seed)
+        got = generate_text_fast(model, prompt, 20, context_size, temperature=temperature, top_k=top_k)
+        assert torch.equal(got, want), seed
+    torch.manual_seed(0)
+    greedy_by_top1 = generate_text_fast(model, prompt, 20, context_size, temperature=1.0, top_k=1)
+    assert torch.equal(greedy_by_top1, generate_text_simple(model, prompt, 20, context_size))
+    with pytest.raises(ValueError, match="temperature"):
+        generate_text_fast(model, prompt, 3, temperature=-1.0)
+    with pytest.raises(ValueError, match="top_k"):
+        generate_text_fast(model, prompt, 3, top_k=0)
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_eos_stops_like_generate(cfg, model_class, batch):
+    """With ``eos_id``: the tokens of ``generate``: finished rows padded with eos, a stop when all finished."""
+    ref, fast = pair(cfg)
+    model = ref if model_class is GPTModel else fast
+    prompt = tokens(cfg, b=batch, t=3, seed=5)
+    greedy = generate_text_simple(model, prompt, 20, 16)
+    firsts = [int(t) for t in greedy[:, 3]]  # each row's first new token: that row stops at once
+    for eos in (None, 7, firsts[0], int(greedy[-1, 6])):
+        for n in (0, 1, 5, 20):  # 20: past the context of 16, the window slides
+            want = generate(model, prompt, n, 16, eos_id=eos)
+            got = generate_text_fast(model, prompt, n, eos_id=eos)
+            assert torch.equal(got, want), (eos, n)
+    if batch == 1:  # stops right after the end token, which it keeps
+        out = generate_text_fast(model, prompt, 20, eos_id=firsts[0])
+        assert out.shape == (1, 4) and int(out[0, -1]) == firsts[0]
+    else:  # a row that finished is padded with eos until every row has finished
+        out = generate_text_fast(model, prompt, 20, eos_id=firsts[0])
+        for row in range(batch):
+            ids = out[row, 3:].tolist()
+            if firsts[0] in ids:
+                assert set(ids[ids.index(firsts[0]) :]) == {firsts[0]}
+
+
+def test_decoder_default_products_follow_the_dtype(cfg):
+    """grouped_matvec by default only for float32 (bf16 batched products are slow); either can be forced."""
+    ref, fast = pair(cfg)
+    assert FastDecoder(fast, 1).grouped is True
+    assert FastDecoder(fast, 1, dtype=torch.bfloat16).grouped is False
+    assert FastDecoder(fast, 1, dtype=torch.bfloat16, grouped=True).grouped is True
+    assert FastDecoder(fast, 1, grouped=False).grouped is False
+    prompt = tokens(cfg, t=4)
+    for grouped in (None, True, False):
+        out16 = generate_text_fast(ref, prompt, 10, 16, dtype=torch.bfloat16, grouped=grouped)
+        assert out16.shape == (2, 14) and torch.equal(out16[:, :4], prompt)
+    assert all(p.dtype == torch.float32 for p in ref.parameters())  # the model itself is not converted
+
+
+def test_decoder_shares_the_model_weights(cfg):
+    """The decoder runs a GPTModelFast on the model's own tensors (float32): no copy, no change."""
+    ref, _ = pair(cfg)
+    before = {k: v.clone() for k, v in ref.state_dict().items()}
+    decoder = FastDecoder(ref, 2)
+    assert isinstance(decoder.model, GPTModelFast) and not decoder.model.training
+    assert decoder.model.tok_emb.weight.data_ptr() == ref.tok_emb.weight.data_ptr()
+    assert isinstance(decoder.cache, KVCache)  # chapter 4's cache
+    generate_text_fast(ref, tokens(cfg, t=3), 20, 6)
+    assert all(torch.equal(before[k], v) for k, v in ref.state_dict().items())
+    assert ref.tok_emb.weight.requires_grad  # the decoder's copy is frozen, not the model
+
+
+def test_decoder_step_logits_and_a_planted_error(cfg):
+    """Each step's logits equal the model's last position; a planted error in the stacked weights shows."""
+    ref, fast = pair(cfg)
+    seq = tokens(cfg, b=2, t=10, seed=3)
+    decoder = FastDecoder(fast, 2, max_len=10)
+    logits = [decoder.step(seq[:, :4])] + [decoder.step(seq[:, i : i + 1]) for i in range(4, 10)]
+    with torch.no_grad():
+        want = [ref(seq[:, : i + 1])[:, -1] for i in range(3, 10)]
+    for got, expected in zip(logits, want):
+        torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
+    planted = FastDecoder(fast, 2, max_len=10)
+    weight, bias = planted.qkv[1]
+    planted.qkv[1] = (weight.roll(1, dims=0), bias)  # query, key and value rows shifted by one
+    assert not torch.allclose(planted.step(seq[:, :4]), want[0], atol=ATOL, rtol=RTOL)
+
+
+def test_planted_attention_error_changes_the_tokens(cfg, monkeypatch):
+    """Queries and keys swapped in the decoder's attention give other tokens: the comparison sees it."""
+    ref, _ = pair(cfg)  # GPTModel: generate_text_simple does not run FusedQKVAttention
+    prompt = tokens(cfg, t=3)
+    expected = generate_text_simple(ref, prompt, 20, 6)
+    assert torch.equal(generate_text_fast(ref, prompt, 20, 6), expected)
+    heads = FusedQKVAttention.qkv_heads
+
+    def swapped(self, *args):
+        queries, keys, values = heads(self, *args)
+        return keys, queries, values
+
+    monkeypatch.setattr(FusedQKVAttention, "qkv_heads", swapped)
+    assert not torch.equal(generate_text_fast(ref, prompt, 20, 6), expected)
+
+
+def test_fused_attention_cached_equals_forward(cfg):
+    """forward_cached, a prompt and then one token at a time, gives forward's outputs."""
+    torch.manual_seed(0)
+    att = FusedQKVAttention(32, 32, 16, dropout=0.0, num_heads=4, qkv_bias=True).eval()
+    model = GPTModelFast(cfg).eval()  # only for the cache's shape, dtype and device
+    x = torch.randn(2, 9, 32)
+    cache = KVCache(model, batch_size=2, max_len=9)
+    with torch.no_grad():
+        want = att(x)
+        parts = [att.forward_cached(x[:, :4], cache, layer=0)]
+        cache.length = 4
+        for i in range(4, 9):
+            parts.append(att.forward_cached(x[:, i : i + 1], cache, layer=0))
+            cache.length += 1
+        torch.testing.assert_close(torch.cat(parts, dim=1), want, atol=ATOL, rtol=RTOL)
+        with pytest.raises(ValueError, match="empty cache"):
+            att.forward_cached(x[:, :2], cache, layer=0)
+
+
+def test_models_with_other_layers_decode_through_chapter_4(cfg):
+    """A model with LoRA adapters (other parameter names) decodes with chapter 4's forward_with_cache."""
+    from gpt_from_scratch.ch06 import apply_lora
+
+    ref, _ = pair(cfg)
+    apply_lora(ref, rank=2, alpha=4)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.endswith(".B"):
+                p.normal_(std=0.5)  # adapters that change the output
+    decoder = FastDecoder(ref, 2)
+    assert decoder.model is ref and decoder.qkv is None
+    prompt = tokens(cfg, t=3)
+    for context_size in (16, 6):
+        assert torch.equal(
+            generate_text_fast(ref, prompt, 20, context_size), generate_text_simple(ref, prompt, 20, context_size)
+        )
+    with pytest.raises(ValueError, match="own dtype"):
+        FastDecoder(ref, 2, dtype=torch.bfloat16)
+
+
 def test_decoder_refuses_a_prompt_into_a_filled_cache(cfg):
     ref, _ = pair(cfg)
     decoder = FastDecoder(ref, batch_size=2, max_len=8)
@@ -193,6 +358,8 @@ def test_grouped_matvec_equals_linear(rows, out_features):
     w, b, x = torch.randn(out_features, 32), torch.randn(out_features), torch.randn(rows, 32)
     torch.testing.assert_close(grouped_matvec(x, w, b), torch.nn.functional.linear(x, w, b))
     torch.testing.assert_close(grouped_matvec(x, w), x @ w.T)
+    x3 = x.view(1, rows, 32)  # leading dimensions, as F.linear takes them
+    torch.testing.assert_close(grouped_matvec(x3, w, b), torch.nn.functional.linear(x3, w, b))
 
 
 def test_bf16_autocast_training_steps_track_fp32(cfg):
@@ -253,7 +420,7 @@ def test_dropout_in_training_only(tiny_cfg):
         assert not torch.allclose(model(x), model(x))  # dropout draws new masks
         model.eval()
         torch.testing.assert_close(model(x), model(x))
-    assert all(block.att.dropout_p == 0.5 for block in model.trf_blocks)
+    assert all(block.att.dropout.p == 0.5 for block in model.trf_blocks)
 
 
 def test_tied_head_starts_small(tiny_cfg):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt_from_scratch.ch04 import GPT_CONFIG_124M, GPTModel
-from gpt_from_scratch.ch05 import generate
+from gpt_from_scratch.ch05 import generate, generate_text_fast
 from gpt_from_scratch.ch07 import (
     ALPACA_INTRO,
     InstructionDataError,
@@ -18,7 +18,6 @@ from gpt_from_scratch.ch07 import (
     extract_response,
     format_instruction_prompt,
     generate_responses,
-    greedy_until_eos,
     instruction_collate,
     load_instruction_data,
     respond,
@@ -253,14 +252,14 @@ def test_respond_equals_generate_then_cut(gpt2_tokenizer):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_cached_greedy_equals_generate(seed):
-    """Chapter 4's KV cache gives chapter 5's greedy tokens, with the same stop at end-of-text."""
+    """The library decoder, as ``respond`` calls it, gives chapter 5's greedy tokens and the same stop."""
     model = tiny_model(seed, vocab_size=50, context_length=24)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, 50, (1, 1 + seed), generator=g)
     for eos in (None, 7, int(generate(model, idx, 1, context_size=24)[0, -1])):  # the last: stops at once
         for n in (0, 1, 5, 24 - idx.shape[1], 26):  # 26 does not fit: generate's sliding window
             want = generate(model, idx, n, context_size=24, eos_id=eos)
-            assert torch.equal(greedy_until_eos(model, idx, n, eos), want), (eos, n)
+            assert torch.equal(generate_text_fast(model, idx, n, eos_id=eos), want), (eos, n)
 
 
 def test_respond_stops_at_end_of_text(gpt2_tokenizer):
