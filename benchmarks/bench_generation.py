@@ -15,11 +15,13 @@ and by the book's ``load_weights_into_gpt``), batch 1, a 10-token prompt, 100 an
   short greedy loop written here (the package's ``kv_cache.generate`` expects a model with
   ``reset_kv_cache``, which its GPT-2 lacks);
 - the course: ``generate_text_cached`` (chapter 4, section 4.8: a plain preallocated KV cache);
-  ``generate_text_fast`` of chapter 5's speed notebook (``FastDecoder``: stacked query/key/value
-  weights, the grouped matrix-vector products, a preallocated cache) with ``GPTModelFast`` in float32,
-  the same with ``grouped=False`` (an ablation: every product through ``F.linear``), and with the
-  model converted to bfloat16 once (weights and cache in bf16, with and without the grouped
-  products; extra rows, their tokens may differ).
+  the course's library decoder ``generate_text_fast`` (chapter 5's speed notebook; ``FastDecoder``
+  runs the model's own layers with stacked query/key/value weights, the grouped matrix-vector
+  products in float32 and chapter 4's preallocated cache) with ``GPTModelFast`` in float32, untied
+  (163M parameters, as the course trains it) and tied (124M, what Hugging Face runs), the same with
+  ``grouped=False`` (an ablation: every product through ``F.linear``), and with the model converted
+  to bfloat16 once (weights and cache in bf16; the default there is ``F.linear``, the grouped
+  products an ablation; extra rows, their tokens may differ).
 
 All run in this one process, interleaved (every method once per round, ``--repeats`` rounds),
 after one untimed warm-up call each. The script checks that every float32 method produced the
@@ -46,9 +48,10 @@ import gpt_from_scratch.ch05 as ch05
 PROMPT_TOKENS = 10
 HF = "Hugging Face `generate` (use_cache=True), fp32"
 FAST = "course `generate_text_fast` (`GPTModelFast`), fp32"
+FAST_TIED = "course `generate_text_fast` (`GPTModelFast`, tied head: 124M as GPT-2), fp32"
 FAST_LINEAR = "course `generate_text_fast`, `grouped=False` (every product through `F.linear`), fp32"
-FAST_BF16 = "course `generate_text_fast` (`GPTModelFast`), bf16 weights and cache"
-FAST_BF16_LINEAR = "course `generate_text_fast`, `grouped=False`, bf16 weights and cache"
+FAST_BF16 = "course `generate_text_fast` (`GPTModelFast`), bf16 weights and cache (`F.linear`, the default)"
+FAST_BF16_GROUPED = "course `generate_text_fast`, `grouped=True`, bf16 weights and cache"
 TARGET = 2.0  # the fast generator vs. Hugging Face, fp32 weights, same tokens
 
 
@@ -65,11 +68,6 @@ def book_generate(model: torch.nn.Module, kv_cache_cls, idx: torch.Tensor, n: in
             if i < n - 1:
                 logits = model(next_id, use_cache=True, cache=cache)  # (1, 1, vocab_size)
     return torch.cat(out, dim=1)
-
-
-def find_fast_generator() -> Callable | None:
-    """``generate_text_fast`` of chapter 5's speed notebook (None where the package lacks it)."""
-    return getattr(ch05, "generate_text_fast", None)
 
 
 def build_methods(
@@ -119,22 +117,19 @@ def build_methods(
         ch04.generate_text_cached(model, idx, n, ctx)
     )
 
-    generate_fast = find_fast_generator()
-    fast_cls = getattr(ch05, "GPTModelFast", None)
-    if generate_fast is None or fast_cls is None:
-        notes.append(
-            "`generate_text_fast` / `GPTModelFast` not in gpt_from_scratch.ch05: their rows are skipped"
-        )
-    else:
-        fast = fast_cls(cfg).eval()
-        fast.load_state_dict(model.state_dict())  # same parameter names and shapes as GPTModel
-        methods[FAST] = lambda idx, n: generate_fast(fast, idx, n, ctx)
-        methods[FAST_LINEAR] = lambda idx, n: generate_fast(fast, idx, n, ctx, grouped=False)
-        fast16 = fast_cls(cfg).eval()
-        fast16.load_state_dict(model.state_dict())
-        fast16 = fast16.to(torch.bfloat16)  # converted once, as a user decoding in bf16 would
-        methods[FAST_BF16] = lambda idx, n: generate_fast(fast16, idx, n, ctx)
-        methods[FAST_BF16_LINEAR] = lambda idx, n: generate_fast(fast16, idx, n, ctx, grouped=False)
+    generate_fast = ch05.generate_text_fast  # the course's library decoder
+    fast = ch05.GPTModelFast(cfg).eval()
+    fast.load_state_dict(model.state_dict())  # same parameter names and shapes as GPTModel
+    methods[FAST] = lambda idx, n: generate_fast(fast, idx, n, ctx)
+    tied = ch05.GPTModelFast(cfg, tie_weights=True).eval()
+    tied.load_state_dict(model.state_dict())  # Hugging Face's head is its embedding: one matrix
+    methods[FAST_TIED] = lambda idx, n: generate_fast(tied, idx, n, ctx)
+    methods[FAST_LINEAR] = lambda idx, n: generate_fast(fast, idx, n, ctx, grouped=False)
+    fast16 = ch05.GPTModelFast(cfg).eval()
+    fast16.load_state_dict(model.state_dict())
+    fast16 = fast16.to(torch.bfloat16)  # converted once, as a user decoding in bf16 would
+    methods[FAST_BF16] = lambda idx, n: generate_fast(fast16, idx, n, ctx)
+    methods[FAST_BF16_GROUPED] = lambda idx, n: generate_fast(fast16, idx, n, ctx, grouped=True)
     return methods
 
 
@@ -232,7 +227,7 @@ def main() -> None:
             )
         )
         print()
-    for name in [FAST] if FAST in methods else []:
+    for name in (FAST, FAST_TIED):
         for n in args.new_tokens:
             med = statistics.median(ratios(name, n))
             print(
