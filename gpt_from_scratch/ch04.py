@@ -200,9 +200,9 @@ def forward_with_cache(
 ) -> torch.Tensor:
     """Logits for new tokens ``idx`` (b, T) that continue the cached ones; adds their keys and values.
 
-    Uses the model's own modules and the same math as ``MultiHeadAttention``; dropout is skipped,
-    so the model must be in eval mode. With ``last_only`` only the last position's logits are
-    computed: (b, 1, vocab_size).
+    Uses the model's own modules (any model built like ``GPTModel``, subclasses included) and the
+    same math as ``MultiHeadAttention``; dropout is skipped, so the model must be in eval mode. With
+    ``last_only`` only the last position's logits are computed: (b, 1, vocab_size).
     """
     if model.training:
         raise RuntimeError("forward_with_cache is for inference: call model.eval() first")

@@ -188,7 +188,7 @@ def test_generate_text_fast_refuses_too_long_windows_like_simple(cfg):
 
 
 def test_subclasses_share_the_lesson_classes(cfg):
-    """One model family: the fast classes are the lesson's with other layer classes, no forward of their own."""
+    """One model family: the fast classes are the lesson's with other layer classes, no own forward."""
     assert issubclass(GPTModelFast, GPTModel) and issubclass(FastTransformerBlock, TransformerBlock)
     assert issubclass(FusedQKVAttention, MultiHeadAttention)
     assert "forward" not in vars(FastTransformerBlock)  # TransformerBlock.forward runs the fast block
@@ -222,7 +222,7 @@ def test_sampling_same_tokens_as_generate(cfg, model_class, context_size, temper
 @pytest.mark.parametrize("model_class", MODEL_CLASSES)
 @pytest.mark.parametrize("batch", [1, 3])
 def test_eos_stops_like_generate(cfg, model_class, batch):
-    """With ``eos_id``: the tokens of ``generate``: finished rows padded with eos, a stop when all finished."""
+    """With ``eos_id``, the tokens of ``generate``: finished rows padded with eos, a stop when all end."""
     ref, fast = pair(cfg)
     model = ref if model_class is GPTModel else fast
     prompt = tokens(cfg, b=batch, t=3, seed=5)
@@ -337,7 +337,8 @@ def test_models_with_other_layers_decode_through_chapter_4(cfg):
     prompt = tokens(cfg, t=3)
     for context_size in (16, 6):
         assert torch.equal(
-            generate_text_fast(ref, prompt, 20, context_size), generate_text_simple(ref, prompt, 20, context_size)
+            generate_text_fast(ref, prompt, 20, context_size),
+            generate_text_simple(ref, prompt, 20, context_size),
         )
     with pytest.raises(ValueError, match="own dtype"):
         FastDecoder(ref, 2, dtype=torch.bfloat16)
