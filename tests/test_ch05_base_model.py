@@ -2,7 +2,7 @@
 resumable pretraining, and the base-model loader that chapters 6 and 7 use.
 
 Every checkpoint here is written by the test itself: tiny books-format folders, and GPT-2 files in
-Hugging Face's layout written by ``shared.gpt2_checkpoints`` (OpenAI's weights cannot be
+Hugging Face's layout written by chapter 5's ``write_hf_safetensors`` (OpenAI's weights cannot be
 downloaded here).
 """
 
