@@ -373,8 +373,8 @@ def gpt2_to_course_state(gpt2_state: dict[str, torch.Tensor], n_layers: int) -> 
     ours = {}
     for gpt2_name, (our_names, transposed) in names.items():
         value = state[gpt2_name].T if transposed else state[gpt2_name]  # Conv1D (in, out) -> (out, in)
-        for our_name, part in zip(our_names, value.chunk(len(our_names)), strict=True):  # c_attn: 3 parts
-            ours[our_name] = part  # c_attn weight: (3 * emb, emb) -> 3 x (emb, emb)
+        parts = value.chunk(len(our_names))  # c_attn's weight: (3 * emb, emb) -> 3 x (emb, emb); others: 1
+        ours.update(zip(our_names, parts, strict=True))
     ours["out_head.weight"] = state.get("lm_head.weight", state["wte.weight"])
     return ours
 
