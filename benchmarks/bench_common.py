@@ -128,36 +128,22 @@ def build_hf_model(config, seed: int = SEED):
     return model
 
 
-def hf_to_book_params(state: dict[str, torch.Tensor], n_layers: int) -> dict:
+def hf_to_book_params(state: dict, n_layers: int) -> dict:
     """GPT-2 weights under Hugging Face's names as the NumPy dict the book's loader reads.
 
-    The book's ``load_weights_into_gpt(gpt, params)`` takes the layout of its TensorFlow
-    reader (``wte``, ``wpe``, ``blocks[i]["attn"]["c_attn"]["w"]``, ``g``, ``b``); Hugging Face's
-    Conv1D weights are stored (in, out) like TensorFlow's, so only the names change.
+    The book's ``load_weights_into_gpt(gpt, params)`` takes the nested layout of its TensorFlow
+    reader, which is chapter 5's (``nest_openai_variables``) except that the final norm's ``g`` and
+    ``b`` sit at the top level. The names go through chapter 5's one GPT-2 mapping.
     """
-    s = {k.removeprefix("transformer."): v for k, v in state.items()}
+    import numpy as np
 
-    def wb(name: str, w: str = "w") -> dict:
-        return {w: s[f"{name}.weight"].numpy(), "b": s[f"{name}.bias"].numpy()}
+    from gpt_from_scratch.ch05 import gpt2_names, nest_openai_variables, openai_variable_name
 
-    blocks = []
-    for i in range(n_layers):
-        p = f"h.{i}"
-        blocks.append(
-            {
-                "ln_1": wb(f"{p}.ln_1", "g"),
-                "ln_2": wb(f"{p}.ln_2", "g"),
-                "attn": {"c_attn": wb(f"{p}.attn.c_attn"), "c_proj": wb(f"{p}.attn.c_proj")},
-                "mlp": {"c_fc": wb(f"{p}.mlp.c_fc"), "c_proj": wb(f"{p}.mlp.c_proj")},
-            }
-        )
-    return {
-        "wte": s["wte.weight"].numpy(),
-        "wpe": s["wpe.weight"].numpy(),
-        "g": s["ln_f.weight"].numpy(),
-        "b": s["ln_f.bias"].numpy(),
-        "blocks": blocks,
-    }
+    s = {k.removeprefix("transformer."): v for k, v in state.items()}  # torch tensors or NumPy arrays
+    variables = {openai_variable_name(name): np.asarray(s[name]) for name in gpt2_names(n_layers)}
+    params = nest_openai_variables(variables, n_layers)
+    params.update(params.pop("ln_f"))  # the book reads the final norm from params["g"] and params["b"]
+    return params
 
 
 def spread(values: list[float], fmt: str = "{:.2f}") -> str:

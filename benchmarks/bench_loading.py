@@ -6,7 +6,7 @@ Run by hand from the repository root (not a test; a few minutes):
 
 The script first writes a GPT-2 124M checkpoint with random (seeded) weights in Hugging Face's
 format to a temporary folder: ``model.safetensors`` (GPT-2's tensor names and Conv1D layouts, no
-output head: GPT-2 ties it to the token embeddings; written by ``shared.gpt2_checkpoints``) and
+output head: GPT-2 ties it to the token embeddings; written by chapter 5's ``write_hf_safetensors``) and
 the ``config.json`` of a ``GPT2Config``. Then each loader runs in its own fresh Python process
 (``python bench_loading.py --child METHOD``), which imports what it needs, then resets the
 kernel's peak-resident-memory mark to its current resident size (the baseline: Linux's
@@ -137,36 +137,9 @@ def child(method: str, folder: Path) -> None:
             cfg = gpt2_config("124M", qkv_bias=True, drop_rate=0.0)
             gpt = GPTModel(cfg)
             state = load_file(str(path))  # NumPy arrays, Hugging Face's names
-            blocks = [
-                {
-                    part: {key: state[f"h.{i}.{part}.{key}"] for key in ("weight", "bias")}
-                    for part in ("ln_1", "ln_2", "attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
-                }
-                for i in range(cfg["n_layers"])
-            ]
-            params = {
-                "wte": state["wte.weight"],
-                "wpe": state["wpe.weight"],
-                "g": state["ln_f.weight"],
-                "b": state["ln_f.bias"],
-                "blocks": [
-                    {
-                        "ln_1": {"g": b["ln_1"]["weight"], "b": b["ln_1"]["bias"]},
-                        "ln_2": {"g": b["ln_2"]["weight"], "b": b["ln_2"]["bias"]},
-                        "attn": {
-                            "c_attn": {"w": b["attn.c_attn"]["weight"], "b": b["attn.c_attn"]["bias"]},
-                            "c_proj": {"w": b["attn.c_proj"]["weight"], "b": b["attn.c_proj"]["bias"]},
-                        },
-                        "mlp": {
-                            "c_fc": {"w": b["mlp.c_fc"]["weight"], "b": b["mlp.c_fc"]["bias"]},
-                            "c_proj": {"w": b["mlp.c_proj"]["weight"], "b": b["mlp.c_proj"]["bias"]},
-                        },
-                    }
-                    for b in blocks
-                ],
-            }
+            params = bc.hf_to_book_params(state, cfg["n_layers"])  # chapter 5's one GPT-2 mapping
             load_weights_into_gpt(gpt, params)
-            del state, params, blocks
+            del state, params
             return gpt.eval()
     else:
         raise SystemExit(f"unknown method {method!r}")
@@ -204,7 +177,7 @@ def write_checkpoint(folder: Path) -> tuple[Path, float]:
     from safetensors import safe_open
 
     from gpt_from_scratch.ch04 import GPTModel, gpt2_config
-    from shared.gpt2_checkpoints import write_hf_safetensors
+    from gpt_from_scratch.ch05 import write_hf_safetensors
 
     cfg = gpt2_config("124M", qkv_bias=True, drop_rate=0.0)
     torch.manual_seed(bc.SEED)

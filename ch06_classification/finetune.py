@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     # Base model (section 6.4)
     books_dir = args.books_dir or checkpoint_dir("books-quick" if args.quick and not is_quick() else "books")
     try:
-        model, source = load_base_model(
+        base = load_base_model(
             args.size,
             weights=args.weights,
             books_dir=books_dir,
@@ -176,10 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     except BaseModelUnavailable as err:
         raise SystemExit(f"no base model: {err}") from None
+    model, source = base.model, base.description
     print(source)
     if args.lr is None:
-        gpt2_loaded = source.startswith("OpenAI's GPT-2")
-        args.lr = DEFAULT_LR["lora" if args.lora else "last_block"][0 if gpt2_loaded else 1]
+        args.lr = DEFAULT_LR["lora" if args.lora else "last_block"][0 if base.weights == "gpt2" else 1]
     context_length = model.cfg["context_length"]
 
     train_ds = SpamDataset(train_df, tokenizer, max_length=args.max_length)

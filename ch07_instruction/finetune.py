@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
     books_dir = args.books_dir or ROOT / "checkpoints" / "books"
     try:
-        model, source = load_base_model(
+        base = load_base_model(
             args.size,
             weights=None if args.weights == "auto" else args.weights,
             books_dir=books_dir,
@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except BaseModelUnavailable as err:
         raise SystemExit(f"error: no base model: {err}") from None
+    model, source = base.model, base.description
     print(f"base model: {source}")
     if args.init_from:
         extra = load_checkpoint(args.init_from, model, map_location=device)

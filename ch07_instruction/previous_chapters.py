@@ -16,6 +16,7 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -785,6 +786,31 @@ def load_checkpoint(
 
 
 # Source: ch05_pretraining/ch05.ipynb, 5.5.2 Reading the checkpoint with TensorFlow
+def nest_openai_variables(variables: dict[str, np.ndarray], n_layer: int) -> dict:
+    """OpenAI's variables as nested dicts: ``model/h3/attn/c_attn/w`` -> ``["blocks"][3]["attn"]...``.
+
+    The leading axis of size 1 of the Conv1D kernels is dropped on the way.
+    """
+    params: dict = {"blocks": [{} for _ in range(n_layer)]}
+    for name, value in variables.items():
+        parts = name.split("/")  # e.g. ["model", "h3", "attn", "c_attn", "w"]
+        if parts[0] != "model" or len(parts) < 2:
+            raise ValueError(f"unexpected variable {name!r} in the GPT-2 checkpoint")
+        if parts[-1] == "w" and value.ndim == 3:
+            value = value[0]  # (1, in, out) -> (in, out)
+        parts = parts[1:]
+        node = params
+        if parts[0][0] == "h" and parts[0][1:].isdigit():  # a block: h0, h1, ...
+            layer = int(parts[0][1:])
+            if layer >= n_layer:
+                raise ValueError(f"variable {name!r} but hparams.json says n_layer={n_layer}")
+            node, parts = params["blocks"][layer], parts[1:]
+        for key in parts[:-1]:
+            node = node.setdefault(key, {})
+        node[parts[-1]] = value
+    return params
+
+
 def load_gpt2_params_from_tf_ckpt(ckpt_dir: str | os.PathLike) -> tuple[dict, dict]:
     """Read OpenAI's GPT-2 checkpoint folder: (hparams.json as a dict, weights as nested dicts)."""
     ckpt_dir = Path(ckpt_dir)
@@ -793,7 +819,7 @@ def load_gpt2_params_from_tf_ckpt(ckpt_dir: str | os.PathLike) -> tuple[dict, di
         raise FileNotFoundError(f"missing hparams.json in the GPT-2 checkpoint folder {ckpt_dir}")
     settings = json.loads(hparams_file.read_text(encoding="utf-8"))
     try:
-        import tensorflow as tf  # only this reader needs TensorFlow
+        import tensorflow as tf  # only this reader (and the writer of 5.5.4) needs TensorFlow
     except ImportError as exc:
         raise ImportError(
             "reading OpenAI's checkpoint needs TensorFlow (pip install tensorflow); "
@@ -805,26 +831,74 @@ def load_gpt2_params_from_tf_ckpt(ckpt_dir: str | os.PathLike) -> tuple[dict, di
         if not Path(prefix + part).is_file():
             missing = Path(prefix).name + part
             raise FileNotFoundError(f"missing {missing} in the GPT-2 checkpoint folder {ckpt_dir}")
+    names = [name for name, _shape in tf.train.list_variables(prefix)]
+    variables = {name: tf.train.load_variable(prefix, name) for name in names}
+    return settings, nest_openai_variables(variables, settings["n_layer"])
 
-    params: dict = {"blocks": [{} for _ in range(settings["n_layer"])]}
-    for name, _shape in tf.train.list_variables(prefix):
-        value = tf.train.load_variable(prefix, name)
-        parts = name.split("/")  # e.g. ["model", "h3", "attn", "c_attn", "w"]
-        if parts[0] != "model" or len(parts) < 2:
-            raise ValueError(f"unexpected variable {name!r} in the GPT-2 checkpoint")
-        if parts[-1] == "w" and value.ndim == 3:
-            value = value[0]  # (1, in, out) -> (in, out)
-        parts = parts[1:]
-        node = params
-        if parts[0][0] == "h" and parts[0][1:].isdigit():  # a block: h0, h1, ...
-            layer = int(parts[0][1:])
-            if layer >= settings["n_layer"]:
-                raise ValueError(f"variable {name!r} but hparams.json says n_layer={settings['n_layer']}")
-            node, parts = params["blocks"][layer], parts[1:]
-        for key in parts[:-1]:
-            node = node.setdefault(key, {})
-        node[parts[-1]] = value
-    return settings, params
+
+# Source: ch05_pretraining/ch05.ipynb, 5.5.3 Mapping OpenAI's names onto our model
+# GPT-2's tensors under the names Hugging Face gives them ("h.{i}." is block i), and the parameters of
+# our GPTModel that hold them. c_attn holds queries, keys and values side by side: three of ours.
+GPT2_TO_COURSE = {
+    "wte.weight": ("tok_emb.weight",),
+    "wpe.weight": ("pos_emb.weight",),
+    "h.{i}.ln_1.weight": ("trf_blocks.{i}.norm1.scale",),
+    "h.{i}.ln_1.bias": ("trf_blocks.{i}.norm1.shift",),
+    "h.{i}.attn.c_attn.weight": (
+        "trf_blocks.{i}.att.W_query.weight",
+        "trf_blocks.{i}.att.W_key.weight",
+        "trf_blocks.{i}.att.W_value.weight",
+    ),
+    "h.{i}.attn.c_attn.bias": (
+        "trf_blocks.{i}.att.W_query.bias",
+        "trf_blocks.{i}.att.W_key.bias",
+        "trf_blocks.{i}.att.W_value.bias",
+    ),
+    "h.{i}.attn.c_proj.weight": ("trf_blocks.{i}.att.out_proj.weight",),
+    "h.{i}.attn.c_proj.bias": ("trf_blocks.{i}.att.out_proj.bias",),
+    "h.{i}.ln_2.weight": ("trf_blocks.{i}.norm2.scale",),
+    "h.{i}.ln_2.bias": ("trf_blocks.{i}.norm2.shift",),
+    "h.{i}.mlp.c_fc.weight": ("trf_blocks.{i}.ff.layers.0.weight",),
+    "h.{i}.mlp.c_fc.bias": ("trf_blocks.{i}.ff.layers.0.bias",),
+    "h.{i}.mlp.c_proj.weight": ("trf_blocks.{i}.ff.layers.2.weight",),
+    "h.{i}.mlp.c_proj.bias": ("trf_blocks.{i}.ff.layers.2.bias",),
+    "ln_f.weight": ("final_norm.scale",),
+    "ln_f.bias": ("final_norm.shift",),
+}
+# GPT-2's layers are Conv1D, which stores a weight as (in, out); nn.Linear stores (out, in).
+GPT2_TRANSPOSED = frozenset(
+    {
+        "h.{i}.attn.c_attn.weight",
+        "h.{i}.attn.c_proj.weight",
+        "h.{i}.mlp.c_fc.weight",
+        "h.{i}.mlp.c_proj.weight",
+    }
+)
+# Tensors of some GPT-2 files that are not weights: each block's causal mask and a masking constant.
+GPT2_NOT_WEIGHTS = (".attn.bias", ".attn.masked_bias")
+
+
+def gpt2_names(n_layers: int) -> dict[str, tuple[tuple[str, ...], bool]]:
+    """Each GPT-2 tensor name of an ``n_layers``-block model -> (the names of ours, whether transposed)."""
+    names = {}
+    for gpt2_name, ours in GPT2_TO_COURSE.items():
+        for i in range(n_layers) if "{i}" in gpt2_name else [0]:
+            names[gpt2_name.format(i=i)] = (tuple(o.format(i=i) for o in ours), gpt2_name in GPT2_TRANSPOSED)
+    return names
+
+
+def openai_variable_name(gpt2_name: str) -> str:
+    """OpenAI's TensorFlow name of a GPT-2 tensor: ``h.3.ln_1.weight`` -> ``model/h3/ln_1/g``."""
+    parts = gpt2_name.split(".")  # e.g. ["h", "3", "ln_1", "weight"]
+    if parts[0] == "h":
+        parts[:2] = [f"h{parts[1]}"]  # h.3 -> h3
+    if parts[0] in ("wte", "wpe"):
+        parts.pop()  # wte.weight -> wte
+    elif parts[-1] == "bias":
+        parts[-1] = "b"
+    else:  # a layer norm's gain is g, a Conv1D's weight is w
+        parts[-1] = "g" if parts[-2].startswith("ln_") else "w"
+    return "model/" + "/".join(parts)
 
 
 # Source: ch05_pretraining/ch05.ipynb, 5.5.3 Mapping OpenAI's names onto our model
@@ -847,78 +921,6 @@ def assign(left: torch.Tensor, right, name: str) -> nn.Parameter:
 
 
 # Source: ch05_pretraining/ch05.ipynb, 5.5.3 Mapping OpenAI's names onto our model
-def load_weights_into_gpt(gpt: nn.Module, params: dict) -> None:
-    """Copy GPT-2's weights, in OpenAI's layout (``load_gpt2_params_from_tf_ckpt``), into ``gpt``."""
-    if len(params["blocks"]) != len(gpt.trf_blocks):
-        raise ValueError(
-            f"the checkpoint has {len(params['blocks'])} blocks, the model {len(gpt.trf_blocks)}; "
-            "build the model from the checkpoint's hparams (gpt2_config_from_hparams)"
-        )
-    if gpt.trf_blocks[0].att.W_query.bias is None:
-        raise ValueError("GPT-2 has query/key/value biases: build the model with qkv_bias=True")
-    gpt.tok_emb.weight = assign(gpt.tok_emb.weight, params["wte"], "wte")
-    gpt.pos_emb.weight = assign(gpt.pos_emb.weight, params["wpe"], "wpe")
-    for i, (block, p) in enumerate(zip(gpt.trf_blocks, params["blocks"])):
-        att, ff, h = block.att, block.ff, f"h{i}"
-        block.norm1.scale = assign(block.norm1.scale, p["ln_1"]["g"], f"{h}/ln_1/g")
-        block.norm1.shift = assign(block.norm1.shift, p["ln_1"]["b"], f"{h}/ln_1/b")
-
-        # c_attn holds queries, keys and values side by side: (emb, 3 * emb) -> 3 x (emb, emb)
-        q_w, k_w, v_w = torch.chunk(torch.as_tensor(p["attn"]["c_attn"]["w"]), 3, dim=-1)
-        q_b, k_b, v_b = torch.chunk(torch.as_tensor(p["attn"]["c_attn"]["b"]), 3, dim=-1)
-        att.W_query.weight = assign(att.W_query.weight, q_w.T, f"{h}/attn/c_attn/w (query)")
-        att.W_key.weight = assign(att.W_key.weight, k_w.T, f"{h}/attn/c_attn/w (key)")
-        att.W_value.weight = assign(att.W_value.weight, v_w.T, f"{h}/attn/c_attn/w (value)")
-        att.W_query.bias = assign(att.W_query.bias, q_b, f"{h}/attn/c_attn/b (query)")
-        att.W_key.bias = assign(att.W_key.bias, k_b, f"{h}/attn/c_attn/b (key)")
-        att.W_value.bias = assign(att.W_value.bias, v_b, f"{h}/attn/c_attn/b (value)")
-        c_proj = p["attn"]["c_proj"]
-        att.out_proj.weight = assign(
-            att.out_proj.weight, torch.as_tensor(c_proj["w"]).T, f"{h}/attn/c_proj/w"
-        )
-        att.out_proj.bias = assign(att.out_proj.bias, c_proj["b"], f"{h}/attn/c_proj/b")
-
-        block.norm2.scale = assign(block.norm2.scale, p["ln_2"]["g"], f"{h}/ln_2/g")
-        block.norm2.shift = assign(block.norm2.shift, p["ln_2"]["b"], f"{h}/ln_2/b")
-        fc, proj = p["mlp"]["c_fc"], p["mlp"]["c_proj"]
-        ff.layers[0].weight = assign(ff.layers[0].weight, torch.as_tensor(fc["w"]).T, f"{h}/mlp/c_fc/w")
-        ff.layers[0].bias = assign(ff.layers[0].bias, fc["b"], f"{h}/mlp/c_fc/b")
-        ff.layers[2].weight = assign(ff.layers[2].weight, torch.as_tensor(proj["w"]).T, f"{h}/mlp/c_proj/w")
-        ff.layers[2].bias = assign(ff.layers[2].bias, proj["b"], f"{h}/mlp/c_proj/b")
-
-    gpt.final_norm.scale = assign(gpt.final_norm.scale, params["ln_f"]["g"], "ln_f/g")
-    gpt.final_norm.shift = assign(gpt.final_norm.shift, params["ln_f"]["b"], "ln_f/b")
-    gpt.out_head.weight = assign(gpt.out_head.weight, params["wte"], "wte (tied output head)")
-
-
-def gpt2_config_from_hparams(settings: dict, **overrides) -> dict:
-    """The course config for OpenAI's ``hparams.json`` (GPT-2: qkv_bias=True), with overrides."""
-    cfg = {
-        "vocab_size": settings["n_vocab"],
-        "context_length": settings["n_ctx"],
-        "emb_dim": settings["n_embd"],
-        "n_heads": settings["n_head"],
-        "n_layers": settings["n_layer"],
-        "drop_rate": 0.1,
-        "qkv_bias": True,
-    }
-    unknown = set(overrides) - set(cfg)
-    if unknown:
-        raise KeyError(f"unknown config key(s) {sorted(unknown)}; valid keys: {sorted(cfg)}")
-    return {**cfg, **overrides}
-
-
-# Source: ch05_pretraining/ch05.ipynb, 5.5.5 The same weights from Hugging Face (safetensors)
-def load_hf_gpt2_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a Hugging Face GPT-2 ``model.safetensors`` file into a dict of tensors."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"missing safetensors file {path}")
-    return load_file(str(path))
-
-
 def _short_list(names: set[str], limit: int = 8) -> str:
     """Up to ``limit`` sorted names, and how many more there are."""
     shown = sorted(names)[:limit]
@@ -926,60 +928,196 @@ def _short_list(names: set[str], limit: int = 8) -> str:
     return ", ".join(shown) + (f" ... and {more} more" if more else "")
 
 
+def gpt2_to_course_state(gpt2_state: dict[str, torch.Tensor], n_layers: int) -> dict[str, torch.Tensor]:
+    """Our state dict from GPT-2's tensors (``GPT2_TO_COURSE``): renamed, transposed, c_attn cut in three.
+
+    The values are views of ``gpt2_state``'s tensors, not copies. Names may start with ``transformer.``
+    (as saved from ``GPT2LMHeadModel``); the output head is ``lm_head.weight`` where the file has one,
+    else the token embedding (GPT-2 ties them).
+    """
+    state = {name.removeprefix("transformer."): t for name, t in gpt2_state.items()}
+    names = gpt2_names(n_layers)
+    known = set(names) | {"lm_head.weight"}
+    others = {k for k in state if k not in known and not k.endswith(GPT2_NOT_WEIGHTS)}
+    found = {"missing": set(names) - set(state), "unknown": others}
+    if any(found.values()):
+        problems = [f"{what} [{_short_list(listed)}]" for what, listed in found.items() if listed]
+        raise KeyError(f"state dict does not fit a {n_layers}-block GPT-2: {'; '.join(problems)}")
+    ours = {}
+    for gpt2_name, (our_names, transposed) in names.items():
+        value = state[gpt2_name].T if transposed else state[gpt2_name]  # Conv1D (in, out) -> (out, in)
+        parts = value.chunk(len(our_names))  # c_attn's weight: (3 * emb, emb) -> 3 x (emb, emb); others: 1
+        ours.update(zip(our_names, parts, strict=True))
+    ours["out_head.weight"] = state.get("lm_head.weight", state["wte.weight"])
+    return ours
+
+
 def load_hf_weights_into_gpt(gpt: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
     """Copy GPT-2's weights under Hugging Face's names (``GPT2Model``/``GPT2LMHeadModel``) into ``gpt``."""
-    state = {k.removeprefix("transformer."): v for k, v in state_dict.items()}
+    if gpt.trf_blocks[0].att.W_query.bias is None:
+        raise ValueError("GPT-2 has query/key/value biases: build the model with qkv_bias=True")
     n_layers = len(gpt.trf_blocks)
-    layer_keys = [
-        "ln_1.weight",
-        "ln_1.bias",
-        "attn.c_attn.weight",
-        "attn.c_attn.bias",
-        "attn.c_proj.weight",
-        "attn.c_proj.bias",
-        "ln_2.weight",
-        "ln_2.bias",
-        "mlp.c_fc.weight",
-        "mlp.c_fc.bias",
-        "mlp.c_proj.weight",
-        "mlp.c_proj.bias",
-    ]
-    expected = {"wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"}
-    expected |= {f"h.{i}.{k}" for i in range(n_layers) for k in layer_keys}
-    not_weights = {k for k in state if k.endswith((".attn.bias", ".attn.masked_bias"))}  # causal masks
-    missing = expected - set(state)
-    unknown = set(state) - expected - not_weights - {"lm_head.weight"}
-    if missing or unknown:
-        found = {"missing": missing, "unknown": unknown}
-        problems = [f"{what} [{_short_list(names)}]" for what, names in found.items() if names]
-        raise KeyError(f"state dict does not fit a {n_layers}-block GPT-2: {'; '.join(problems)}")
+    source = {o: g for g, (ours, _) in gpt2_names(n_layers).items() for o in ours}  # for error messages
+    source["out_head.weight"] = "lm_head.weight or wte.weight"
+    for name, value in gpt2_to_course_state(state_dict, n_layers).items():
+        module_name, _, attr = name.rpartition(".")  # trf_blocks.0.norm1.scale -> trf_blocks.0.norm1, scale
+        module = gpt.get_submodule(module_name)
+        setattr(module, attr, assign(getattr(module, attr), value, f"{source[name]} (our {name})"))
 
-    def pair(name: str, w: str, b: str) -> dict:
-        return {w: state[f"{name}.weight"], b: state[f"{name}.bias"]}
 
-    params = {
-        "wte": state["wte.weight"],
-        "wpe": state["wpe.weight"],
-        "ln_f": pair("ln_f", "g", "b"),
-        "blocks": [
-            {
-                "ln_1": pair(f"h.{i}.ln_1", "g", "b"),
-                "attn": {
-                    "c_attn": pair(f"h.{i}.attn.c_attn", "w", "b"),
-                    "c_proj": pair(f"h.{i}.attn.c_proj", "w", "b"),
-                },
-                "ln_2": pair(f"h.{i}.ln_2", "g", "b"),
-                "mlp": {
-                    "c_fc": pair(f"h.{i}.mlp.c_fc", "w", "b"),
-                    "c_proj": pair(f"h.{i}.mlp.c_proj", "w", "b"),
-                },
-            }
-            for i in range(n_layers)
-        ],
-    }  # the layout of load_gpt2_params_from_tf_ckpt: one mapping for both sources
-    load_weights_into_gpt(gpt, params)
-    if "lm_head.weight" in state:  # equal to wte.weight in GPT-2 (tied); taken as stored
-        gpt.out_head.weight = assign(gpt.out_head.weight, state["lm_head.weight"], "lm_head.weight")
+def load_weights_into_gpt(gpt: nn.Module, params: dict) -> None:
+    """Copy GPT-2's weights, in OpenAI's layout (``load_gpt2_params_from_tf_ckpt``), into ``gpt``."""
+    if len(params["blocks"]) != len(gpt.trf_blocks):
+        raise ValueError(
+            f"the checkpoint has {len(params['blocks'])} blocks, the model {len(gpt.trf_blocks)}; "
+            "build the model from the checkpoint's hparams (gpt2_config_from_hparams)"
+        )
+    gpt2_state = {}
+    for gpt2_name in gpt2_names(len(gpt.trf_blocks)):
+        keys = openai_variable_name(gpt2_name).split("/")[1:]  # model/h3/attn/c_attn/w -> h3 attn c_attn w
+        node = params
+        if keys[0][0] == "h" and keys[0][1:].isdigit():  # a block: params["blocks"][3]
+            node, keys = params["blocks"][int(keys[0][1:])], keys[1:]
+        for key in keys:
+            node = node[key]
+        gpt2_state[gpt2_name] = torch.as_tensor(node)
+    load_hf_weights_into_gpt(gpt, gpt2_state)  # the names of GPT2_TO_COURSE, wherever they come from
+
+
+# OpenAI's hparams.json keys -> our config keys
+HPARAMS_TO_CONFIG = {
+    "n_vocab": "vocab_size",
+    "n_ctx": "context_length",
+    "n_embd": "emb_dim",
+    "n_head": "n_heads",
+    "n_layer": "n_layers",
+}
+
+
+def gpt2_config_from_hparams(settings: dict, **overrides) -> dict:
+    """The course config for OpenAI's ``hparams.json`` (GPT-2: qkv_bias=True), with overrides."""
+    cfg = {ours: settings[theirs] for theirs, ours in HPARAMS_TO_CONFIG.items()}
+    cfg.update(drop_rate=0.1, qkv_bias=True)
+    unknown = set(overrides) - set(cfg)
+    if unknown:
+        raise KeyError(f"unknown config key(s) {sorted(unknown)}; valid keys: {sorted(cfg)}")
+    return {**cfg, **overrides}
+
+
+# Source: ch05_pretraining/ch05.ipynb, 5.5.4 Checking the loader without downloading anything
+def course_to_gpt2_state(state: dict[str, torch.Tensor], n_layers: int) -> dict[str, torch.Tensor]:
+    """GPT-2's tensors, float32, from our state dict: ``GPT2_TO_COURSE`` read backwards."""
+    if not torch.equal(state["out_head.weight"], state["tok_emb.weight"]):
+        raise ValueError(
+            "GPT-2's files store no output head: it reuses the token embeddings (weight tying). "
+            "Tie them first: model.out_head.weight = model.tok_emb.weight"
+        )
+    gpt2_state = {}
+    for gpt2_name, (our_names, transposed) in gpt2_names(n_layers).items():
+        value = torch.cat([state[name].detach().to("cpu", torch.float32) for name in our_names])
+        gpt2_state[gpt2_name] = (value.T if transposed else value).contiguous()  # Conv1D: (in, out)
+    return gpt2_state
+
+
+def write_openai_tf_checkpoint(model: nn.Module, out_dir: str | os.PathLike) -> Path:
+    """Write ``model`` as OpenAI's GPT-2 TensorFlow checkpoint folder (files, names, shapes, float32)."""
+    import json
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    n_layers = len(model.trf_blocks)
+    names = gpt2_names(n_layers)
+    variables = {}
+    for gpt2_name, value in course_to_gpt2_state(model.state_dict(), n_layers).items():
+        value = value.numpy()
+        if names[gpt2_name][1]:  # OpenAI's Conv1D kernels carry a leading axis of size 1
+            value = value[None]  # (1, in, out)
+        variables[openai_variable_name(gpt2_name)] = value
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    graph = tf.Graph()
+    with graph.as_default():
+        # Zeros first, filled in below: constants would copy every weight into the .meta graph.
+        tf_vars = {
+            name: tf.compat.v1.get_variable(
+                name, shape=value.shape, dtype=tf.float32, initializer=tf.compat.v1.zeros_initializer()
+            )
+            for name, value in variables.items()
+        }
+        feeds = {name: tf.compat.v1.placeholder(tf.float32, value.shape) for name, value in variables.items()}
+        fill = tf.group(*[tf_vars[name].assign(feeds[name]) for name in variables])
+        saver = tf.compat.v1.train.Saver(var_list=tf_vars, save_relative_paths=True)
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            sess.run(fill, feed_dict={feeds[name]: value for name, value in variables.items()})
+            saver.save(sess, str(out / "model.ckpt"), write_meta_graph=True, write_state=True)
+    hparams = {theirs: model.cfg[ours] for theirs, ours in HPARAMS_TO_CONFIG.items()}
+    (out / "hparams.json").write_text(json.dumps(hparams, indent=2), encoding="utf-8")
+    return out
+
+
+# Source: ch05_pretraining/ch05.ipynb, 5.5.5 The same weights from Hugging Face (safetensors)
+SAFETENSORS_DTYPES = {  # the format's dtype names (those GPT-2's and the course's files use)
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "BOOL": torch.bool,
+    "I64": torch.int64,
+}
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` file into a dict of tensors, each read straight into its own memory."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"missing safetensors file {path}")
+    tensors = {}
+    with open(path, "rb") as fh:
+        header_len = int.from_bytes(fh.read(8), "little")  # the format: header length, JSON header, data
+        header = json.loads(fh.read(header_len))
+        header.pop("__metadata__", None)
+        for name, info in header.items():
+            if info["dtype"] not in SAFETENSORS_DTYPES:
+                raise ValueError(
+                    f"{path}: tensor {name} has dtype {info['dtype']}, not one of {list(SAFETENSORS_DTYPES)}"
+                )
+            begin, end = info["data_offsets"]
+            tensor = torch.empty(info["shape"], dtype=SAFETENSORS_DTYPES[info["dtype"]])
+            if end - begin != tensor.numel() * tensor.element_size():
+                raise ValueError(f"{path}: tensor {name} has the wrong number of bytes for its shape")
+            fh.seek(8 + header_len + begin)
+            if fh.readinto(tensor.view(-1).view(torch.uint8).numpy()) != end - begin:  # little-endian bytes
+                raise ValueError(f"{path} is truncated: tensor {name} is incomplete")
+            tensors[name] = tensor
+    return tensors
+
+
+def write_hf_safetensors(
+    model: nn.Module, path: str | os.PathLike, with_prefix: bool = False, with_buffers: bool = False
+) -> Path:
+    """Write ``model`` as Hugging Face's GPT-2 ``model.safetensors`` (names, Conv1D layout); return its path.
+
+    ``with_prefix`` starts every name with ``transformer.``, and ``with_buffers`` adds each block's
+    causal mask and masking constant, as some real files have them.
+    """
+    from safetensors.torch import save_file
+
+    prefix = "transformer." if with_prefix else ""
+    n_layers = len(model.trf_blocks)
+    tensors = {prefix + k: v for k, v in course_to_gpt2_state(model.state_dict(), n_layers).items()}
+    if with_buffers:
+        n = model.cfg["context_length"]
+        mask = torch.tril(torch.ones(n, n, dtype=torch.bool)).view(1, 1, n, n)  # (1, 1, n_ctx, n_ctx)
+        for i in range(n_layers):
+            tensors[f"{prefix}h.{i}.attn.bias"] = mask.clone()
+            tensors[f"{prefix}h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return path
 
 
 # Source: ch05_pretraining/ch05.ipynb, 5.5.6 Loading the real GPT-2 and generating text
@@ -994,7 +1132,7 @@ def load_gpt2_model(path: str | os.PathLike, size: str = "124M") -> GPTModel:
             raise ValueError(f"{path} holds a different GPT-2 size than {size}: {settings}")
         load_weights_into_gpt(model, params)
     else:  # Hugging Face's model.safetensors
-        load_hf_weights_into_gpt(model, load_hf_gpt2_state(path))
+        load_hf_weights_into_gpt(model, read_safetensors(path))
     return model.eval()
 
 
@@ -1421,17 +1559,24 @@ class BaseModelUnavailable(FileNotFoundError):
     """No pretrained weights could be found; the message lists what was tried and how to get weights."""
 
 
+@dataclass(frozen=True)
+class LoadedBaseModel:
+    """What ``load_base_model`` loaded: the model, which weights, and one line saying so for people."""
+
+    model: GPTModel  # in eval mode, on the device asked for
+    weights: str  # "gpt2" (OpenAI's GPT-2) or "books" (the course's books model)
+    description: str  # e.g. "OpenAI's GPT-2 124M weights (model.safetensors)", printed by the chapters
+
+
 def _load_books(folder: Path) -> tuple[GPTModel, dict]:
     """The course's books model from a folder written by ``save_base_model``, and its config."""
-    from safetensors.torch import load_file
-
     weights, config_file = folder / BASE_MODEL_WEIGHTS, folder / BASE_MODEL_CONFIG
     missing = [p.name for p in (weights, config_file) if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{folder} has no {' and no '.join(missing)}")
     config = json.loads(config_file.read_text(encoding="utf-8"))
     model = GPTModel(config["model"])
-    model.load_state_dict(load_file(str(weights)))  # strict: every name and shape must match
+    model.load_state_dict(read_safetensors(weights))  # strict: every name and shape must match
     return model, config
 
 
@@ -1442,8 +1587,8 @@ def load_base_model(
     books_dir: str | os.PathLike | None = None,
     gpt2_download: Callable[[str], os.PathLike] | None = None,
     device: str | torch.device = "cpu",
-) -> tuple[GPTModel, str]:
-    """A pretrained GPTModel in eval mode, and one line saying which weights were loaded."""
+) -> LoadedBaseModel:
+    """A pretrained GPTModel in eval mode, which weights it holds, and one line saying so."""
     if size not in GPT2_DOWNLOADS:
         raise ValueError(f"unknown GPT-2 size {size!r}; valid sizes: {', '.join(GPT2_DOWNLOADS)}")
     choice = weights or os.environ.get(BASE_WEIGHTS_ENV) or None
@@ -1462,7 +1607,8 @@ def load_base_model(
             except (OSError, RuntimeError, ValueError, KeyError, ImportError) as exc:
                 tried.append(f"GPT-2 {size}: {type(exc).__name__}: {exc}")
             else:
-                return model.to(device).eval(), f"OpenAI's GPT-2 {size} weights ({path.name})"
+                description = f"OpenAI's GPT-2 {size} weights ({path.name})"
+                return LoadedBaseModel(model.to(device).eval(), "gpt2", description)
     if choice in (None, "books"):
         if books_dir is None:
             tried.append("books model: no books_dir was given")
@@ -1481,8 +1627,8 @@ def load_base_model(
                     facts.append(f"{config['tokens_seen']:,} training tokens")
                 if config.get("val_loss") is not None:
                     facts.append(f"held-out loss {config['val_loss']:.3f}")
-                name = Path(books_dir).name
-                return model.to(device).eval(), f"the course's books model ({name}: {'; '.join(facts)})"
+                description = f"the course's books model ({Path(books_dir).name}: {'; '.join(facts)})"
+                return LoadedBaseModel(model.to(device).eval(), "books", description)
     repo, gigabytes = GPT2_DOWNLOADS[size]
     lines = "\n".join(f"  - {line}" for line in tried)
     raise BaseModelUnavailable(
@@ -1802,49 +1948,6 @@ def generate_text_fast(
 
 
 # Source: ch05_pretraining/speed.ipynb, 7. Loading GPT-2 without two copies of the weights
-SAFETENSORS_DTYPES = {  # the format's dtype names (those GPT-2 files use)
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "BOOL": torch.bool,
-    "I64": torch.int64,
-}
-
-HF_TO_COURSE_BLOCK = {  # Hugging Face's names inside block i ("h.i.") -> ours ("trf_blocks.i.")
-    "ln_1.weight": "norm1.scale",
-    "ln_1.bias": "norm1.shift",
-    "attn.c_proj.weight": "att.out_proj.weight",
-    "attn.c_proj.bias": "att.out_proj.bias",
-    "ln_2.weight": "norm2.scale",
-    "ln_2.bias": "norm2.shift",
-    "mlp.c_fc.weight": "ff.layers.0.weight",
-    "mlp.c_fc.bias": "ff.layers.0.bias",
-    "mlp.c_proj.weight": "ff.layers.2.weight",
-    "mlp.c_proj.bias": "ff.layers.2.bias",
-}
-
-
-def read_safetensors_lowmem(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a ``.safetensors`` file with plain reads, each tensor straight into its own memory (no mmap)."""
-    tensors = {}
-    with open(path, "rb") as fh:
-        header_len = int.from_bytes(fh.read(8), "little")  # the format: header length, JSON header, data
-        header = json.loads(fh.read(header_len))
-        header.pop("__metadata__", None)
-        for name, info in header.items():
-            if info["dtype"] not in SAFETENSORS_DTYPES:
-                raise ValueError(
-                    f"{path}: tensor {name} has dtype {info['dtype']}, not one of {list(SAFETENSORS_DTYPES)}"
-                )
-            begin, end = info["data_offsets"]
-            tensor = torch.empty(info["shape"], dtype=SAFETENSORS_DTYPES[info["dtype"]])
-            fh.seek(8 + header_len + begin)
-            if fh.readinto(tensor.view(-1).view(torch.uint8).numpy()) != end - begin:
-                raise ValueError(f"{path} is truncated: tensor {name} is incomplete")
-            tensors[name] = tensor
-    return tensors
-
-
 def load_gpt2_model_lowmem(
     path: str | os.PathLike,
     size: str = "124M",
@@ -1854,34 +1957,22 @@ def load_gpt2_model_lowmem(
     """GPT-2 ``size`` in eval mode from Hugging Face's ``model.safetensors``, holding the weights once.
 
     The model (``GPTModelFast`` unless ``model_class`` is given) is built on the meta device, the
-    file is read tensor by tensor into our layout, and ``load_state_dict(assign=True)`` makes those
-    tensors the parameters. The output head is the token embedding (tied), as in GPT-2's file.
+    file is read with chapter 5's ``read_safetensors`` and mapped into our layout with
+    ``gpt2_to_course_state`` (views, no copies), each transposed matrix is copied one at a time, and
+    ``load_state_dict(assign=True)`` makes those tensors the parameters. The output head is the
+    token embedding (tied), as in GPT-2's file.
     ``cfg`` replaces GPT-2's configuration for a file in GPT-2's format but of another shape.
     """
     if cfg is None:
         cfg = gpt2_config(size, qkv_bias=True, context_length=1024, drop_rate=0.0)  # checks the size
     with torch.device("meta"):
         model = (model_class or GPTModelFast)(cfg)  # shapes only: no memory, no random numbers
-    hf = {name.removeprefix("transformer."): t for name, t in read_safetensors_lowmem(path).items()}
-    state = {"tok_emb.weight": hf.pop("wte.weight"), "pos_emb.weight": hf.pop("wpe.weight")}
-    for i in range(cfg["n_layers"]):
-        h, ours = f"h.{i}.", f"trf_blocks.{i}."
-        qkv_weight = hf.pop(h + "attn.c_attn.weight").T  # Conv1D (emb, 3 * emb) -> (3 * emb, emb), a view
-        qkv_bias = hf.pop(h + "attn.c_attn.bias")  # (3 * emb,)
-        for role, weight, bias in zip(
-            ("W_query", "W_key", "W_value"), qkv_weight.chunk(3), qkv_bias.chunk(3)
-        ):
-            state[f"{ours}att.{role}.weight"] = weight.contiguous()  # (emb, emb), copied one at a time
-            state[f"{ours}att.{role}.bias"] = bias.clone()
-        del qkv_weight, qkv_bias  # the file's tensor is freed here
-        for hf_name, our_name in HF_TO_COURSE_BLOCK.items():
-            value = hf.pop(h + hf_name)
-            state[ours + our_name] = value.T.contiguous() if value.dim() == 2 else value  # Conv1D: transpose
-    state["final_norm.scale"], state["final_norm.shift"] = hf.pop("ln_f.weight"), hf.pop("ln_f.bias")
+    state = gpt2_to_course_state(read_safetensors(path), cfg["n_layers"])  # views of the file's tensors
+    for name, value in state.items():
+        # A Conv1D weight's view is transposed: copied into our (out, in) layout here. Once the views
+        # of a file tensor are all replaced, that tensor is freed: one extra matrix at a time.
+        state[name] = value.contiguous()
     state["out_head.weight"] = state["tok_emb.weight"]  # GPT-2 ties them; its file stores one matrix
-    unknown = {k for k in hf if not k.endswith((".attn.bias", ".attn.masked_bias", "lm_head.weight"))}
-    if unknown:
-        raise KeyError(f"{path} holds tensors that are not GPT-2's: {sorted(unknown)[:5]}")
     model.load_state_dict(state, assign=True)  # the tensors become the parameters: no copy
     model.out_head.weight = model.tok_emb.weight  # one Parameter under two names
     for module in model.modules():  # GPTModel's causal masks are buffers, not in the file: rebuild them

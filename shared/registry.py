@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gpt_from_scratch.ch04 import GPT2_PRESETS  # the one list of GPT-2's sizes (section 4.1)
-
 RAW_BOOK = "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main"
 OPENAI_GPT2 = "https://openaipublic.blob.core.windows.net/gpt-2"
 BACKUP_GPT2 = "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2"
@@ -137,7 +135,9 @@ def _index(entries: list[RemoteFile]) -> dict[str, RemoteFile]:
 # Expectations, Romeo and Juliet, Moby Dick, Benjamin Franklin's autobiography, The Scarlet
 # Letter, The Brothers Karamazov, The Great Gatsby.
 GUTENBERG_BOOKS = (84, 98, 175, 345, 514, 844, 1184, 1342, 1400, 1513, 2701, 20203, 25344, 28054, 64317)
-GPT2_SIZES = tuple(GPT2_PRESETS)  # "124M", "355M", "774M", "1558M"
+# GPT-2's published sizes, smallest first: the keys of chapter 4's GPT2_PRESETS (a test checks they agree;
+# shared/ imports no lesson code).
+GPT2_SIZES = ("124M", "355M", "774M", "1558M")
 GPT2_CKPT_FILES = (
     "checkpoint",
     "encoder.json",

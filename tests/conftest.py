@@ -63,3 +63,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def books_folder(tiny_cfg) -> Callable[..., object]:
+    """Write a small random books model as a base-model folder, through chapter 5's ``save_base_model``.
+
+    ``books_folder(folder, cfg=None, seed=0, **facts)`` writes ``folder`` (model.safetensors and
+    config.json, ``facts`` added to the config), and returns the saved ``GPTModel`` in eval mode.
+    """
+    import torch
+
+    from gpt_from_scratch.ch04 import GPTModel
+    from gpt_from_scratch.ch05 import save_base_model
+
+    def write(folder: Path, cfg: dict | None = None, seed: int = 0, **facts) -> GPTModel:
+        torch.manual_seed(seed)
+        model = GPTModel(cfg or tiny_cfg()).eval()
+        save_base_model(model, folder, **facts)
+        return model
+
+    return write

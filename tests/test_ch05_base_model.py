@@ -2,7 +2,7 @@
 resumable pretraining, and the base-model loader that chapters 6 and 7 use.
 
 Every checkpoint here is written by the test itself: tiny books-format folders, and GPT-2 files in
-Hugging Face's layout written by ``shared.gpt2_checkpoints`` (OpenAI's weights cannot be
+Hugging Face's layout written by chapter 5's ``write_hf_safetensors`` (OpenAI's weights cannot be
 downloaded here).
 """
 
@@ -21,22 +21,22 @@ import gpt_from_scratch.ch05 as ch05
 from gpt_from_scratch.ch04 import GPTModel, gpt2_config
 from gpt_from_scratch.ch05 import (
     BaseModelUnavailable,
+    LoadedBaseModel,
     bigram_cross_entropy,
     calc_loss_batch,
     fixed_windows,
     load_base_model,
-    load_hf_gpt2_state,
     load_hf_weights_into_gpt,
     pretrain_on_tokens,
+    read_safetensors,
     read_token_file,
     sample_windows,
-    save_base_model,
     split_books,
     strip_gutenberg,
     windows_loss,
+    write_hf_safetensors,
     write_token_file,
 )
-from shared.gpt2_checkpoints import write_hf_safetensors
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -235,12 +235,7 @@ def test_pretrain_on_tokens_resumes_exactly(tiny_cfg):
 # --- the base-model loader ----------------------------------------------------------------------------
 
 
-def books_folder(path: Path, cfg: dict, seed: int = 0) -> GPTModel:
-    """Write a tiny books-format folder at ``path``; return its model."""
-    torch.manual_seed(seed)
-    model = GPTModel(cfg).eval()
-    save_base_model(model, path, tokens_seen=1234, val_loss=5.0, books=["pg1"])
-    return model
+FACTS = {"tokens_seen": 1234, "val_loss": 5.0, "books": ["pg1"]}  # what a training run records
 
 
 def tiny_gpt2_file(path: Path, cfg: dict, seed: int = 1) -> tuple[Path, GPTModel]:
@@ -257,7 +252,7 @@ def tiny_gpt2_builder(monkeypatch, tiny_cfg):
 
     def build(path, size="124M"):
         model = GPTModel(tiny_cfg(qkv_bias=True))
-        load_hf_weights_into_gpt(model, load_hf_gpt2_state(path))
+        load_hf_weights_into_gpt(model, read_safetensors(path))
         return model.eval()
 
     monkeypatch.setattr(ch05, "load_gpt2_model", build)
@@ -279,46 +274,55 @@ def missing(size):
     raise DownloadError(f"Could not get the course file 'gpt2-hf/{size}/model.safetensors' (no network)")
 
 
-def test_save_then_load_gives_identical_logits(tmp_path, tiny_cfg, monkeypatch):
+def test_save_then_load_gives_identical_logits(tmp_path, tiny_cfg, monkeypatch, books_folder):
     monkeypatch.delenv("COURSE_BASE_WEIGHTS", raising=False)
-    model = books_folder(tmp_path / "books", tiny_cfg())
+    model = books_folder(tmp_path / "books", tiny_cfg(), **FACTS)
     assert sorted(p.name for p in (tmp_path / "books").iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((tmp_path / "books" / "config.json").read_text())
     assert config["model"] == tiny_cfg() and config["tokenizer"] == "gpt2" and config["tokens_seen"] == 1234
-    loaded, source = load_base_model(weights="books", books_dir=tmp_path / "books")
-    assert not loaded.training and torch.equal(probe_logits(loaded), probe_logits(model))
-    assert "books model" in source and "1,234 training tokens" in source and "held-out loss 5.000" in source
+    base = load_base_model(weights="books", books_dir=tmp_path / "books")
+    assert isinstance(base, LoadedBaseModel) and base.weights == "books"
+    assert not base.model.training and torch.equal(probe_logits(base.model), probe_logits(model))
+    assert base.description == (
+        "the course's books model (books: 0.0M parameters; emb_dim 32, 2 layers, context 16; "
+        "1,234 training tokens; held-out loss 5.000)"
+    )
+    with pytest.raises(AttributeError):  # a record: frozen
+        base.weights = "gpt2"
     with torch.no_grad():  # a planted change is caught
         model.trf_blocks[0].att.W_query.weight[0, 0] += 1e-3
-    assert not torch.equal(probe_logits(loaded), probe_logits(model))
+    assert not torch.equal(probe_logits(base.model), probe_logits(model))
 
 
-def test_books_config_with_unknown_facts_still_loads(tmp_path, tiny_cfg, monkeypatch):
+def test_books_config_with_unknown_facts_still_loads(tmp_path, tiny_cfg, monkeypatch, books_folder):
     monkeypatch.delenv("COURSE_BASE_WEIGHTS", raising=False)
-    model = books_folder(tmp_path / "books", tiny_cfg())
+    model = books_folder(tmp_path / "books", tiny_cfg(), **FACTS)
     config_file = tmp_path / "books" / "config.json"
     config = json.loads(config_file.read_text())
     config["val_loss"] = None  # a run that never evaluated writes null
     config.pop("tokens_seen")
     config_file.write_text(json.dumps(config))
-    loaded, source = load_base_model(weights="books", books_dir=tmp_path / "books")
-    assert torch.equal(probe_logits(loaded), probe_logits(model))
-    assert "held-out loss" not in source and "training tokens" not in source and "parameters" in source
+    base = load_base_model(weights="books", books_dir=tmp_path / "books")
+    assert torch.equal(probe_logits(base.model), probe_logits(model))
+    assert base.description == (
+        "the course's books model (books: 0.0M parameters; emb_dim 32, 2 layers, context 16)"
+    )
 
 
-def test_gpt2_comes_first_when_present(tmp_path, tiny_cfg, tiny_gpt2_builder):
+def test_gpt2_comes_first_when_present(tmp_path, tiny_cfg, tiny_gpt2_builder, books_folder):
     books_folder(tmp_path / "books", tiny_cfg())
     path, gpt2 = tiny_gpt2_file(tmp_path / "hf" / "model.safetensors", tiny_cfg())
-    model, source = load_base_model("124M", books_dir=tmp_path / "books", gpt2_download=lambda size: path)
-    assert source.startswith("OpenAI's GPT-2 124M") and torch.equal(probe_logits(model), probe_logits(gpt2))
+    base = load_base_model("124M", books_dir=tmp_path / "books", gpt2_download=lambda size: path)
+    assert base.weights == "gpt2" and base.description == "OpenAI's GPT-2 124M weights (model.safetensors)"
+    assert torch.equal(probe_logits(base.model), probe_logits(gpt2))
 
 
-def test_books_model_when_gpt2_is_missing(tmp_path, tiny_cfg, tiny_gpt2_builder):
+def test_books_model_when_gpt2_is_missing(tmp_path, tiny_cfg, tiny_gpt2_builder, books_folder):
     books = books_folder(tmp_path / "books", tiny_cfg())
-    model, source = load_base_model("124M", books_dir=tmp_path / "books", gpt2_download=missing)
-    assert "books model" in source and torch.equal(probe_logits(model), probe_logits(books))
-    model, source = load_base_model("124M", books_dir=tmp_path / "books")  # no download function at all
-    assert "books model" in source
+    base = load_base_model("124M", books_dir=tmp_path / "books", gpt2_download=missing)
+    assert base.weights == "books" and torch.equal(probe_logits(base.model), probe_logits(books))
+    base = load_base_model("124M", books_dir=tmp_path / "books")  # no download function at all
+    assert base.weights == "books"
 
 
 def test_error_when_nothing_is_there_names_both_ways(tmp_path, tiny_gpt2_builder):
@@ -332,31 +336,32 @@ def test_error_when_nothing_is_there_names_both_ways(tmp_path, tiny_gpt2_builder
     assert "python ch05_pretraining/train.py --data books" in message and "60 minutes" in message
 
 
-def test_forced_choices(tmp_path, tiny_cfg, tiny_gpt2_builder, monkeypatch):
+def test_forced_choices(tmp_path, tiny_cfg, tiny_gpt2_builder, monkeypatch, books_folder):
     books_folder(tmp_path / "books", tiny_cfg())
     path, _ = tiny_gpt2_file(tmp_path / "hf" / "model.safetensors", tiny_cfg())
-    _, source = load_base_model(weights="books", books_dir=tmp_path / "books", gpt2_download=never)
-    assert "books model" in source
+    base = load_base_model(weights="books", books_dir=tmp_path / "books", gpt2_download=never)
+    assert base.weights == "books"
     with pytest.raises(BaseModelUnavailable, match="weights='gpt2'"):  # no fallback to the books model
         load_base_model(weights="gpt2", books_dir=tmp_path / "books", gpt2_download=missing)
     with pytest.raises(BaseModelUnavailable, match="weights='books'"):  # no fallback to GPT-2
         load_base_model(weights="books", books_dir=tmp_path / "none", gpt2_download=lambda size: path)
-    _, source = load_base_model(weights="gpt2", books_dir=tmp_path / "books", gpt2_download=lambda size: path)
-    assert "GPT-2" in source
+    base = load_base_model(weights="gpt2", books_dir=tmp_path / "books", gpt2_download=lambda size: path)
+    assert base.weights == "gpt2"
     with pytest.raises(ValueError, match="'gpt2' or 'books'"):
         load_base_model(weights="gpt-2")
     with pytest.raises(ValueError, match="unknown GPT-2 size"):
         load_base_model("125M")
 
 
-def test_environment_variable_forces_a_choice(tmp_path, tiny_cfg, tiny_gpt2_builder, monkeypatch):
+def test_environment_variable_forces_a_choice(
+    tmp_path, tiny_cfg, tiny_gpt2_builder, monkeypatch, books_folder
+):
     books_folder(tmp_path / "books", tiny_cfg())
     path, _ = tiny_gpt2_file(tmp_path / "hf" / "model.safetensors", tiny_cfg())
     monkeypatch.setenv("COURSE_BASE_WEIGHTS", "books")
-    _, source = load_base_model(books_dir=tmp_path / "books", gpt2_download=never)
-    assert "books model" in source
-    _, source = load_base_model(weights="gpt2", books_dir=tmp_path / "books", gpt2_download=lambda s: path)
-    assert "GPT-2" in source  # an explicit argument wins over the variable
+    assert load_base_model(books_dir=tmp_path / "books", gpt2_download=never).weights == "books"
+    base = load_base_model(weights="gpt2", books_dir=tmp_path / "books", gpt2_download=lambda s: path)
+    assert base.weights == "gpt2"  # an explicit argument wins over the variable
     monkeypatch.setenv("COURSE_BASE_WEIGHTS", "gpt2")
     with pytest.raises(BaseModelUnavailable):
         load_base_model(books_dir=tmp_path / "books", gpt2_download=missing)
@@ -365,7 +370,7 @@ def test_environment_variable_forces_a_choice(tmp_path, tiny_cfg, tiny_gpt2_buil
         load_base_model(books_dir=tmp_path / "books")
 
 
-def test_incomplete_books_folder(tmp_path, tiny_cfg, monkeypatch):
+def test_incomplete_books_folder(tmp_path, tiny_cfg, monkeypatch, books_folder):
     monkeypatch.delenv("COURSE_BASE_WEIGHTS", raising=False)
     books_folder(tmp_path / "books", tiny_cfg())
     (tmp_path / "books" / "model.safetensors").unlink()
@@ -387,6 +392,6 @@ def test_real_gpt2_124m_layout_loads(tmp_path, monkeypatch):
     gpt2 = GPTModel(gpt2_config("124M", qkv_bias=True, drop_rate=0.0)).eval()
     gpt2.out_head.weight = gpt2.tok_emb.weight
     path = write_hf_safetensors(gpt2, tmp_path / "model.safetensors")
-    model, source = load_base_model("124M", gpt2_download=lambda size: path)
-    assert source == "OpenAI's GPT-2 124M weights (model.safetensors)"
-    assert torch.equal(probe_logits(model), probe_logits(gpt2))
+    base = load_base_model("124M", gpt2_download=lambda size: path)
+    assert base.weights == "gpt2" and base.description == "OpenAI's GPT-2 124M weights (model.safetensors)"
+    assert torch.equal(probe_logits(base.model), probe_logits(gpt2))

@@ -24,11 +24,10 @@ from gpt_from_scratch.ch05 import (
     generate_text_fast,
     grouped_matvec,
     load_gpt2_model_lowmem,
-    load_hf_gpt2_state,
     load_hf_weights_into_gpt,
-    read_safetensors_lowmem,
+    read_safetensors,
+    write_hf_safetensors,
 )
-from shared.gpt2_checkpoints import write_hf_safetensors
 
 MODEL_CLASSES = [GPTModel, GPTModelFast]
 ATOL, RTOL = 1e-5, 1e-4  # float32 rounding: fused products and kernels add in another order
@@ -108,7 +107,7 @@ def test_logits_equal_on_gpt2_format_checkpoint(cfg, tmp_path):
     source = GPTModel(cfg)
     source.out_head.weight = source.tok_emb.weight  # GPT-2 ties them
     path = write_hf_safetensors(source, tmp_path / "model.safetensors")
-    state = load_hf_gpt2_state(path)
+    state = read_safetensors(path)
     ref, fast = GPTModel(cfg).eval(), GPTModelFast(cfg).eval()
     load_hf_weights_into_gpt(ref, state)  # chapter 5's loader fills both classes
     load_hf_weights_into_gpt(fast, state)
@@ -134,20 +133,6 @@ def test_meta_loading_gives_same_logits(cfg, tmp_path, model_class, with_prefix)
     x = tokens(cfg)
     with torch.no_grad():
         torch.testing.assert_close(model(x), source(x), atol=ATOL, rtol=RTOL)
-
-
-def test_lowmem_reader_equals_safetensors(cfg, tmp_path):
-    torch.manual_seed(7)
-    source = GPTModel(cfg)
-    source.out_head.weight = source.tok_emb.weight
-    path = write_hf_safetensors(source, tmp_path / "model.safetensors")
-    ours, theirs = read_safetensors_lowmem(path), load_hf_gpt2_state(path)
-    assert ours.keys() == theirs.keys()
-    for name, t in theirs.items():
-        assert torch.equal(ours[name], t), name
-    path.write_bytes(path.read_bytes()[:-4])  # a truncated file is refused
-    with pytest.raises(ValueError, match="truncated"):
-        read_safetensors_lowmem(path)
 
 
 @pytest.mark.parametrize("batch", [1, 2, 3])

@@ -18,8 +18,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
+import gpt_from_scratch.ch05 as ch05
 from gpt_from_scratch.ch04 import GPTModel, generate_text_simple, gpt2_config
-from gpt_from_scratch.ch05 import load_hf_weights_into_gpt
+from gpt_from_scratch.ch05 import load_hf_weights_into_gpt, write_hf_safetensors
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +94,7 @@ def test_tiny_gpt2_matches_hugging_face(small_cfg):
     check_parity(hf, ours, cfg, seq_len=cfg["context_length"])
 
 
+@pytest.mark.slow
 def test_gpt2_124m_matches_hugging_face():
     cfg = gpt2_config("124M", qkv_bias=True, drop_rate=0.0)
     assert (cfg["vocab_size"], cfg["context_length"], cfg["emb_dim"]) == (50257, 1024, 768)
@@ -109,5 +111,50 @@ def test_a_wrong_mapping_is_detected(small_cfg):
         w = att.W_query.weight.clone()
         att.W_query.weight.copy_(att.W_key.weight)
         att.W_key.weight.copy_(w)
+    with pytest.raises(AssertionError, match="logits differ"):
+        check_parity(hf, ours, cfg, seq_len=cfg["context_length"])
+
+
+def written_then_read_by_hugging_face(cfg: dict, path) -> tuple[GPT2LMHeadModel, GPTModel]:
+    """A random tied course model, written by ``write_hf_safetensors`` and loaded by Hugging Face."""
+    from safetensors.torch import load_file
+
+    torch.manual_seed(3)
+    ours = GPTModel(cfg).eval()
+    ours.out_head.weight = ours.tok_emb.weight  # GPT-2's files hold no head: tied
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    write_hf_safetensors(ours, path)
+    hf = GPT2LMHeadModel(hf_config(cfg)).eval()
+    missing, unexpected = hf.transformer.load_state_dict(load_file(str(path)), strict=False)
+    assert not unexpected and all(k.endswith((".attn.bias", ".attn.masked_bias")) for k in missing), missing
+    assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()  # still tied
+    return hf, ours
+
+
+def test_written_file_matches_hugging_face(small_cfg, tmp_path):
+    """The writer, checked independently: Hugging Face's GPT-2 reads its file and computes our logits."""
+    cfg = gpt2_config("124M", **small_cfg)
+    hf, ours = written_then_read_by_hugging_face(cfg, tmp_path / "model.safetensors")
+    check_parity(hf, ours, cfg, seq_len=cfg["context_length"])
+
+
+@pytest.mark.parametrize("direction", ["reading", "writing"])
+def test_a_wrong_entry_in_the_mapping_is_caught(small_cfg, tmp_path, monkeypatch, direction):
+    """Queries and keys swapped in GPT2_TO_COURSE, the one table: both directions fail against Hugging Face.
+
+    A round trip through our own writer and reader cannot see this (both use the table); the
+    comparison with an independent implementation does.
+    """
+    wrong = dict(ch05.GPT2_TO_COURSE)
+    query, key, value = wrong["h.{i}.attn.c_attn.weight"]
+    wrong["h.{i}.attn.c_attn.weight"] = (key, query, value)
+    monkeypatch.setattr(ch05, "GPT2_TO_COURSE", wrong)
+    cfg = gpt2_config("124M", **small_cfg)
+    if direction == "reading":
+        hf, ours = build_pair(cfg)
+    else:
+        hf, ours = written_then_read_by_hugging_face(cfg, tmp_path / "model.safetensors")
     with pytest.raises(AssertionError, match="logits differ"):
         check_parity(hf, ours, cfg, seq_len=cfg["context_length"])

@@ -189,8 +189,9 @@ def test_books_mode_resumes_exactly_and_writes_a_base_model(mirror, tmp_path):
     assert config["tokenizer"] == "gpt2" and config["model"]["emb_dim"] == 16
     assert config["books"] == ["pg1513"] and config["val_books"] == ["pg844"]
     assert config["tokens_seen"] == 6 * 2 * 16 and config["steps"] == 6
-    model, source = load_base_model(weights="books", books_dir=straight)
-    assert "books model (straight" in source and not model.training
+    base = load_base_model(weights="books", books_dir=straight)
+    assert base.weights == "books" and base.description.startswith("the course's books model (straight: ")
+    assert not base.model.training
 
     out = run(TRAIN, "--data", "books", "--resume", *EVERY_2, "--checkpoint-dir", str(straight), cwd=tmp_path)
     assert "nothing to do" in out

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from gpt_from_scratch.ch04 import GPT_CONFIG_124M, GPTModel
+from gpt_from_scratch.ch04 import GPT_CONFIG_124M
 from gpt_from_scratch.ch06 import load_classifier
 from shared.runtime import REPO_ROOT
 
@@ -20,19 +18,8 @@ ROOT = REPO_ROOT
 FINETUNE = ROOT / "ch06_classification" / "finetune.py"
 
 
-def write_books_checkpoint(folder: Path) -> Path:
-    """A tiny randomly initialised GPTModel in the course's books format (safetensors + config.json)."""
-    from safetensors.torch import save_file
-
-    tiny = {"context_length": 32, "emb_dim": 16, "n_heads": 2, "n_layers": 1, "drop_rate": 0.0}
-    cfg = {**GPT_CONFIG_124M, **tiny}
-    torch.manual_seed(0)
-    model = GPTModel(cfg)
-    folder.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
-    facts = {"model": cfg, "tokenizer": "gpt2", "tokens_seen": 0, "val_loss": 10.8, "books": []}
-    (folder / "config.json").write_text(json.dumps(facts), encoding="utf-8")
-    return folder
+BOOKS_TINY = {"context_length": 32, "emb_dim": 16, "n_heads": 2, "n_layers": 1, "drop_rate": 0.0}
+BOOKS_CFG = {**GPT_CONFIG_124M, **BOOKS_TINY}  # a tiny books model
 
 
 def run(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -47,8 +34,9 @@ def run(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
 
 
 @pytest.mark.parametrize("lora", [False, True])
-def test_finetune_quick_end_to_end_then_classify(mirror, tmp_path, lora):
-    books = write_books_checkpoint(tmp_path / "books")
+def test_finetune_quick_end_to_end_then_classify(mirror, tmp_path, lora, books_folder):
+    books = tmp_path / "books"
+    books_folder(books, BOOKS_CFG, tokens_seen=0, val_loss=10.8, books=[])
     out = tmp_path / "out"
     # the LoRA run also trains with another seed on the default split
     extra = ["--lora", "--rank", "2", "--alpha", "4", "--seed", "5", "--split-seed", "123"] if lora else []

@@ -59,19 +59,6 @@ def evaluate(monkeypatch, capsys):
     return call
 
 
-def write_books_checkpoint(folder: Path) -> Path:
-    """A tiny books-format checkpoint: model.safetensors (our parameter names) and config.json."""
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    model = GPTModel(TINY)
-    folder.mkdir(parents=True)
-    save_file(model.state_dict(), str(folder / "model.safetensors"))
-    config = {"model": TINY, "tokenizer": "gpt2", "tokens_seen": 0, "books": ["none: a test model"]}
-    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    return folder
-
-
 def tiny_data(path: Path, n: int = 40) -> Path:
     """A small instruction file: n entries, some with an input."""
     entries = [
@@ -83,10 +70,11 @@ def tiny_data(path: Path, n: int = 40) -> Path:
 
 
 @pytest.fixture(scope="module")
-def finetuned(tmp_path_factory):
+def finetuned(tmp_path_factory, books_folder):
     """One finetuning run shared by the tests below: its output folder."""
     tmp = tmp_path_factory.mktemp("ch07")
-    books = write_books_checkpoint(tmp / "books")
+    books = tmp / "books"
+    books_folder(books, TINY, tokens_seen=0, books=["none: a test model"])
     out = tmp / "run"
     data = tiny_data(tmp / "data.json")
     done = run(
@@ -121,8 +109,9 @@ def test_finetuned_weights_differ_from_epoch_one(finetuned):
     assert not torch.equal(first.trf_blocks[0].att.W_query.weight, last.trf_blocks[0].att.W_query.weight)
 
 
-def test_finetune_with_lora_saves_a_merged_model(tmp_path):
-    books = write_books_checkpoint(tmp_path / "books")
+def test_finetune_with_lora_saves_a_merged_model(tmp_path, books_folder):
+    books = tmp_path / "books"
+    books_folder(books, TINY, tokens_seen=0, books=["none: a test model"])
     data = tiny_data(tmp_path / "data.json", n=20)
     done = run(FINETUNE, "--data", str(data), "--weights", "books", "--books-dir", str(books),
                "--epochs", "1", "--batch-size", "4", "--lora-rank", "2", "--no-responses", "--device", "cpu",
