@@ -229,6 +229,11 @@ def base_weights(args: argparse.Namespace) -> str | None:
     return None if args.weights == "auto" else args.weights
 
 
+def plain_args(args: argparse.Namespace) -> dict:
+    """The parsed arguments as plain values (folders as strings), for checkpoints and JSON logs."""
+    return {name: str(value) if isinstance(value, Path) else value for name, value in vars(args).items()}
+
+
 def setup_runtime(args: argparse.Namespace) -> torch.device:
     """Apply ``--threads`` and ``--seed`` (where the parser has them); return ``--device``'s device."""
     if getattr(args, "threads", None):

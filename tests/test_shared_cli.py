@@ -14,6 +14,7 @@ from shared.cli import (
     add_seed,
     base_weights,
     course_dir,
+    plain_args,
     script_parser,
     setup_runtime,
 )
@@ -106,6 +107,10 @@ def test_given_folders_are_kept_as_paths(checkpoints):
     args = script_parser(DOC, **ALL_FLAGS).parse_args(argv)
     assert args.out_dir == Path("runs/x") and args.books_dir == Path("elsewhere")
     assert base_weights(args) == "books"
+    plain = plain_args(args)
+    assert plain["out_dir"] == "runs/x" and plain["books_dir"] == "elsewhere" and plain["size"] == "355M"
+    torch.save(plain, Path(checkpoints) / "args.pt")  # plain values: loadable with weights_only=True
+    assert torch.load(Path(checkpoints) / "args.pt", weights_only=True) == plain
 
 
 def test_out_dir_default_may_depend_on_other_arguments(checkpoints):
