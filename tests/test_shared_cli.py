@@ -1,0 +1,175 @@
+"""shared/cli.py: the scripts' one argument helper (docstring in --help, common flags, default folders)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+
+from shared.cli import (
+    HelpFormatter,
+    add_out_dir,
+    add_seed,
+    base_weights,
+    course_dir,
+    plain_args,
+    script_parser,
+    setup_runtime,
+)
+from shared.runtime import REPO_ROOT
+
+DOC = """A demo script.
+
+Examples:
+
+    python demo.py --seed 1     # the first example
+    python demo.py --weights books
+"""
+ALL_FLAGS = dict(device=True, seed=7, threads=True, out_dir="demo", base_model="355M", quick="a short run")
+
+
+@pytest.fixture
+def checkpoints(tmp_path, monkeypatch) -> Path:
+    """COURSE_CHECKPOINT_DIR in a temporary folder, quick mode off, no device or weights chosen by env."""
+    for name in ("COURSE_QUICK", "COURSE_DEVICE", "COURSE_BASE_WEIGHTS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(tmp_path))
+    return tmp_path
+
+
+def flag_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """Every action of a parser but -h."""
+    return [a for a in parser._actions if not isinstance(a, argparse._HelpAction)]
+
+
+def test_help_shows_the_docstring_as_written(capsys):
+    parser = script_parser(DOC, REPO_ROOT / "ch05_pretraining" / "demo.py", **ALL_FLAGS)
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: ch05_pretraining/demo.py")  # the path from the repository root
+    assert "    python demo.py --seed 1     # the first example\n" in out  # line breaks and indents kept
+    words = " ".join(out.split())  # help texts are wrapped to the terminal's width
+    assert "(default: 7)" in words and "(default: auto)" in words and "(default: 355M)" in words
+
+
+def test_every_common_flag_has_help():
+    parser = script_parser(DOC, **ALL_FLAGS)
+    names = {a.option_strings[0] for a in flag_actions(parser)}
+    expected = {
+        "--device",
+        "--seed",
+        "--threads",
+        "--out-dir",
+        "--weights",
+        "--size",
+        "--books-dir",
+        "--quick",
+    }
+    assert names == expected
+    assert all(a.help and len(a.help) > 20 for a in flag_actions(parser))
+
+
+def test_flags_only_on_request():
+    assert flag_actions(script_parser(DOC)) == []
+    parser = script_parser(DOC, device=True)
+    assert [a.dest for a in flag_actions(parser)] == ["device"]
+
+
+def test_default_folders_go_through_checkpoint_dir(checkpoints):
+    args = script_parser(DOC, **ALL_FLAGS).parse_args([])
+    assert args.out_dir == checkpoints / "demo" and args.books_dir == checkpoints / "books"
+    assert (args.seed, args.device, args.weights, args.size, args.threads) == (
+        7,
+        "auto",
+        "auto",
+        "355M",
+        None,
+    )
+    assert args.quick is False and base_weights(args) is None
+
+
+def test_quick_flag_and_quick_mode_pick_the_quick_folders(checkpoints, monkeypatch):
+    args = script_parser(DOC, **ALL_FLAGS).parse_args(["--quick"])
+    assert args.quick and args.out_dir == checkpoints / "demo-quick"
+    assert args.books_dir == checkpoints / "books-quick"
+    monkeypatch.setenv("COURSE_QUICK", "1")
+    args = script_parser(DOC, **ALL_FLAGS).parse_args([])
+    assert args.quick and args.out_dir == checkpoints / "demo-quick"  # from checkpoint_dir itself
+    assert course_dir("demo", quick=True) == checkpoints / "demo-quick"  # never demo-quick-quick
+
+
+def test_given_folders_are_kept_as_paths(checkpoints):
+    argv = ["--out-dir", "runs/x", "--books-dir", "elsewhere", "--weights", "books"]
+    args = script_parser(DOC, **ALL_FLAGS).parse_args(argv)
+    assert args.out_dir == Path("runs/x") and args.books_dir == Path("elsewhere")
+    assert base_weights(args) == "books"
+    plain = plain_args(args)
+    assert plain["out_dir"] == "runs/x" and plain["books_dir"] == "elsewhere" and plain["size"] == "355M"
+    torch.save(plain, Path(checkpoints) / "args.pt")  # plain values: loadable with weights_only=True
+    assert torch.load(Path(checkpoints) / "args.pt", weights_only=True) == plain
+
+
+def test_out_dir_default_may_depend_on_other_arguments(checkpoints):
+    parser = script_parser(DOC)
+    parser.add_argument("--data", default="text", help="what to train on")
+    add_out_dir(parser, lambda a: "ch05" if a.data == "text" else "books", "checkpoints", "ch05 or books")
+    assert parser.parse_args([]).out_dir == checkpoints / "ch05"
+    assert parser.parse_args(["--data", "books"]).out_dir == checkpoints / "books"
+    with pytest.raises(ValueError, match="default_help"):
+        add_out_dir(script_parser(DOC), lambda a: "x")
+
+
+def test_out_dir_chosen_by_the_script():
+    parser = script_parser(DOC)
+    add_out_dir(parser, None, "the report", default_help="next to the first file")
+    assert parser.parse_args([]).out_dir is None
+    assert "next to the first file" in parser.format_help()
+
+
+@pytest.mark.parametrize(
+    "bad", [["--device", "gpu"], ["--size", "7B"], ["--weights", "none"], ["--threads", "0"]]
+)
+def test_bad_values_are_refused(bad, capsys):
+    with pytest.raises(SystemExit) as exc:
+        script_parser(DOC, **ALL_FLAGS).parse_args(bad)
+    assert exc.value.code == 2 and bad[0] in capsys.readouterr().err
+
+
+def test_setup_runtime_applies_threads_and_seed(checkpoints):
+    threads = torch.get_num_threads()
+    try:
+        args = script_parser(DOC, **ALL_FLAGS).parse_args(
+            ["--threads", "1", "--seed", "5", "--device", "cpu"]
+        )
+        assert setup_runtime(args) == torch.device("cpu") and torch.get_num_threads() == 1
+        first = torch.rand(3)
+        setup_runtime(args)
+        assert torch.equal(torch.rand(3), first)  # seeded again: the same numbers
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_setup_runtime_auto_follows_course_device(checkpoints, monkeypatch):
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")
+    assert setup_runtime(script_parser(DOC, device=True).parse_args([])) == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with CUDA")
+def test_setup_runtime_refuses_a_missing_gpu(checkpoints):
+    args = script_parser(DOC, device=True).parse_args(["--device", "cuda:0"])
+    with pytest.raises(SystemExit, match="no CUDA GPU"):
+        setup_runtime(args)
+
+
+def test_defaults_are_added_to_help_once():
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter)
+    add_seed(parser, default=9, detail="; also the split")
+    parser.add_argument("--n", type=int, default=4, help="how many (default: four)")
+    parser.add_argument("--flag", action="store_true", help="a switch")
+    text = parser.format_help()
+    assert "the split (default: 9)" in text and "(default: four)" in text
+    assert text.count("default") == 2  # none for the switch, none twice
