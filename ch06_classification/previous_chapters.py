@@ -12,6 +12,7 @@ import os
 import re
 import sys
 import unicodedata
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -1101,7 +1102,8 @@ def train_loop(
     record with the training and validation losses; then every process calls ``on_step(state)``.
     ``precision="bf16"`` runs the forward pass and the loss under bfloat16 autocast. Under torchrun,
     pass the model wrapped in DistributedDataParallel: each process trains on its equal share of the
-    rows of every batch, and the logged batch loss is the mean over all processes.
+    rows of every batch, the logged batch loss is the mean over all processes, and the returned state
+    holds every process's random state (``rank_rng_states``), so that a resumed run continues exactly.
     """
     rank, world_size = ddp_rank_and_size(model)  # (0, 1) without torchrun
     if precision not in ("fp32", "bf16"):
@@ -1119,6 +1121,16 @@ def train_loop(
                 f"{state['total_steps']} steps, this run {seed} and {total_steps}"
             )
         state = copy.deepcopy(state)
+        ranks = state.pop("rank_rng_states", None)  # under torchrun: every process's random state
+        if ranks is not None and len(ranks) == world_size:
+            state.update(ranks[rank])
+        elif ranks is not None or world_size > 1:
+            warnings.warn(
+                f"the state comes from {1 if ranks is None else len(ranks)} process(es), this run has "
+                f"{world_size}: the batches are the same, but dropout masks (if any) are not those of an "
+                "uninterrupted run",
+                stacklevel=2,
+            )
         torch.set_rng_state(state["rng_state"])  # dropout continues exactly where it stopped
         if "cuda_rng_state" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng_state"])
@@ -1157,6 +1169,10 @@ def train_loop(
     state["rng_state"] = torch.get_rng_state()
     if torch.cuda.is_available():
         state["cuda_rng_state"] = torch.cuda.get_rng_state_all()
+    if world_size > 1:  # a checkpoint of rank 0's state resumes every process exactly
+        mine = {key: state[key] for key in ("rng_state", "cuda_rng_state") if key in state}
+        state["rank_rng_states"] = [None] * world_size
+        dist.all_gather_object(state["rank_rng_states"], mine)
     return state
 
 
