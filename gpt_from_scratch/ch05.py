@@ -471,6 +471,7 @@ def epoch_loader(loader: DataLoader, seed: int) -> DataLoader:
     """``loader`` (its dataset, batch size, collate_fn, workers, drop_last) in ``EpochSampler``'s order."""
     sampler = loader.sampler
     plain = type(sampler) in (RandomSampler, SequentialSampler) and len(sampler) == len(loader.dataset)
+    plain = plain and not getattr(sampler, "replacement", False)  # each item once per epoch
     if isinstance(loader.dataset, IterableDataset) or loader.batch_size is None or not plain:
         raise ValueError(
             "train_model fixes the order of every epoch by (seed, epoch), so that a resumed run sees the "

@@ -96,17 +96,17 @@ RTOL = 1e-5  # losses: one process against two
 WEIGHT_ATOL = 1e-5  # weights: one process against two
 
 
-def train(*args: str, cwd: Path, processes: int = 1) -> str:
-    """Run train.py in one process, or in ``processes`` CPU processes under torchrun; its stdout."""
+def train(*args: str, cwd: Path, processes: int = 1, stderr: bool = False) -> str:
+    """Run train.py in one process, or in ``processes`` CPU processes (torchrun); stdout (and stderr)."""
     script = [str(TRAIN), *args]
     if processes > 1:  # --standalone: a rendezvous on a free local port
         script = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), *script]
-    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     done = subprocess.run(
         [sys.executable, *script], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, f"train.py failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
+    return done.stdout + (done.stderr if stderr else "")
 
 
 def extras(folder: Path) -> dict:
@@ -144,13 +144,13 @@ def test_text_two_processes_follow_one_process(mirror, tmp_path):
     out = train(*common, "--checkpoint-dir", str(two), cwd=tmp_path, processes=2)
 
     assert "torchrun: 2 processes (gloo), each trains on 2 rows of a batch" in out
-    assert out.count("model tiny:") == 1 and out.count("sample:") == 1  # only rank 0 prints
+    assert out.count("model tiny:") == 1 and out.count("greedy sample:") == 1  # only rank 0 prints
     a, b = extras(one), extras(two)
     assert len(b["history"]["batch_losses"]) == 4 and b["history"]["steps"] == [0, 2]
     assert_same_run(a["history"], b["history"], RTOL)
     assert_close_weights(weights(one), weights(two), WEIGHT_ATOL)
-    # only rank 0 writes: one file, holding rank 0's random state (rank 1 draws from another seed)
-    assert sorted(os.listdir(two)) == ["last.pth"]
+    # only rank 0 writes, rank 0's random state and rank 1's (which draws from another seed)
+    assert sorted(os.listdir(two)) == ["history.json", "last.pth"]
     ranks = b["rank_rng_states"]
     assert len(ranks) == 2 and not torch.equal(ranks[0]["rng_state"], ranks[1]["rng_state"])
     assert torch.equal(b["rng_state"], ranks[0]["rng_state"])
@@ -174,7 +174,7 @@ def test_text_two_processes_resume_exactly(mirror, tmp_path):
     assert_same_run(extras(straight)["history"], extras(split)["history"], rtol=0)
     assert_close_weights(weights(straight), weights(split), atol=0)
 
-    out = train(*resume, "--checkpoint-dir", str(planted), cwd=tmp_path, processes=2)
+    out = train(*resume, "--checkpoint-dir", str(planted), cwd=tmp_path, processes=2, stderr=True)
     assert "dropout masks (if any) are not those of an uninterrupted run" in out
     losses = extras(planted)["history"]["batch_losses"]
     assert losses[:2] == extras(straight)["history"]["batch_losses"][:2]
