@@ -316,7 +316,8 @@ def write_books_model(model, folder: Path, state: dict, args, val_tokens, names:
     loss, perplexity = facts["val_loss"], facts["val_perplexity"]
     held_out = f"{', '.join(facts['val_books'])} ({len(val_tokens):,} tokens)"
     print(f"held-out loss on {held_out}: {loss:.3f} (perplexity {perplexity:,.1f})")
-    print(f"books model written to {os.path.relpath(folder)} (model.safetensors, config.json)")
+    where = os.path.relpath(folder) if folder.resolve().is_relative_to(Path.cwd().resolve()) else folder
+    print(f"books model written to {where} (model.safetensors, config.json)")
 
 
 def train(args: argparse.Namespace, folder: Path, device: torch.device) -> int:
