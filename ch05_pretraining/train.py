@@ -65,6 +65,10 @@ from gpt_from_scratch.ch05 import (
     train_model,
 )
 from shared.cli import add_out_dir, add_seed, plain_args, script_parser, setup_runtime
+from shared.data import read_text as read_course_text
+from shared.registry import FILES, GUTENBERG_BOOKS
+from shared.runtime import set_seed
+from shared.tokenizer import get_gpt2_tokenizer
 
 TINY = {"emb_dim": 64, "n_layers": 2, "n_heads": 2, "context_length": 64}
 # The books model's size (base_model.ipynb, section 6, which measures the candidates): the widest
@@ -91,7 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line (defaults that depend on --data are filled in after parsing, from DEFAULTS)."""
     p = script_parser(__doc__, __file__, device=True, threads=True)
     add = p.add_argument
-
     both = lambda what: f"(default: {DEFAULTS['text'][what]} for text, {DEFAULTS['books'][what]} for books)"
     add("--data", choices=("text", "books"), default="text", help="train on one text file, or on the books")
     add("--text", default="the-verdict.txt", help="text mode: a course file name or the path of a text")
@@ -193,9 +196,6 @@ def choose_precision(args: argparse.Namespace, device: torch.device) -> str:
 
 def read_text(name: str) -> str:
     """A registered course file by name, else a text file by path."""
-    from shared.data import read_text as read_course_text
-    from shared.registry import FILES
-
     if name not in FILES and not Path(name).is_file():
         raise SystemExit(f"--text {name!r} is neither a course file (shared/registry.py) nor a file")
     return read_course_text(name) if name in FILES else Path(name).read_text(encoding="utf-8")
@@ -219,8 +219,6 @@ def model_config(args: argparse.Namespace) -> dict:
 def book_tokens(args: argparse.Namespace, folder: Path, tokenizer) -> tuple:
     """The training and validation token arrays (memory-mapped), tokenized once into ``folder/tokens``."""
     from gpt_from_scratch.ch05 import read_token_file, split_books, strip_gutenberg, write_token_file
-    from shared.data import read_text as read_course_text
-    from shared.registry import GUTENBERG_BOOKS
 
     def numbers(value: str) -> list[str]:
         chosen = list(GUTENBERG_BOOKS) if value == "all" else [int(n) for n in value.split(",") if n.strip()]
@@ -322,9 +320,6 @@ def write_books_model(model, folder: Path, state: dict, args, val_tokens, names:
 
 def train(args: argparse.Namespace, folder: Path, device: torch.device) -> int:
     """Both modes: set up, train in chunks of --save-every steps with a checkpoint after each, finish."""
-    from shared.runtime import set_seed
-    from shared.tokenizer import get_gpt2_tokenizer
-
     books, ckpt_path = args.data == "books", folder / CHECKPOINT
     device = start_processes(args, device)
     cls, why = GPTModelFast if args.fast else GPTModel, choose_precision(args, device)

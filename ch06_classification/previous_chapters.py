@@ -1240,12 +1240,23 @@ def train_model(
         if on_step is not None:
             on_step(state)
 
-    total_steps = num_epochs * steps_per_epoch
-    schedule = dict(peak_lr=peak_lr, min_lr=min_lr, warmup_steps=warmup_steps, max_grad_norm=max_grad_norm)
     return train_loop(
-        model, optimizer, batches, device, total_steps, **schedule, seed=seed, state=state,
-        stop_at_step=stop_at_step, evaluate=evaluate, on_step=progress, precision=precision,
-    )  # fmt: skip
+        model,
+        optimizer,
+        batches,
+        device,
+        num_epochs * steps_per_epoch,
+        peak_lr=peak_lr,
+        min_lr=min_lr,
+        warmup_steps=warmup_steps,
+        max_grad_norm=max_grad_norm,
+        seed=seed,
+        state=state,
+        stop_at_step=stop_at_step,
+        evaluate=evaluate,
+        on_step=progress,
+        precision=precision,
+    )
 
 
 # Source: ch05_pretraining/base_model.ipynb, 1. Fifteen books, without their licence text
@@ -1444,11 +1455,23 @@ def pretrain_on_tokens(
             return None
         return done, windows_loss(bare, train_eval, device), windows_loss(bare, val_eval, device)
 
-    schedule = dict(peak_lr=peak_lr, min_lr=min_lr, warmup_steps=warmup_steps, max_grad_norm=max_grad_norm)
     return train_loop(
-        model, optimizer, batches, device, total_steps, **schedule, seed=seed, state=state,
-        stop_at_step=stop_at_step, evaluate=evaluate, on_step=on_step, precision=precision,
-    )  # fmt: skip
+        model,
+        optimizer,
+        batches,
+        device,
+        total_steps,
+        peak_lr=peak_lr,
+        min_lr=min_lr,
+        warmup_steps=warmup_steps,
+        max_grad_norm=max_grad_norm,
+        seed=seed,
+        state=state,
+        stop_at_step=stop_at_step,
+        evaluate=evaluate,
+        on_step=on_step,
+        precision=precision,
+    )
 
 
 # Source: ch05_pretraining/base_model.ipynb, 9. One loader for every later chapter
