@@ -127,6 +127,7 @@ def test_out_dir_chosen_by_the_script():
     parser = script_parser(DOC)
     add_out_dir(parser, None, "the report", default_help="next to the first file")
     assert parser.parse_args([]).out_dir is None
+    assert parser.parse_args(["--out-dir", "reports"]).out_dir == Path("reports")
     assert "next to the first file" in parser.format_help()
 
 
