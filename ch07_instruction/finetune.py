@@ -148,7 +148,10 @@ def finetune(
     args: argparse.Namespace,
     on_step: Callable[[dict], None],
 ) -> dict:
-    """Chapter 5's training core at the constant rate ``--lr``, no clipping; its history of losses."""
+    """Chapter 5's training core at the constant rate ``--lr``, no clipping; its history of losses.
+
+    ``on_step(state)`` follows every optimizer step (``state["history"]`` holds the losses so far).
+    """
     state = train_model(
         model,
         train_loader,
@@ -235,11 +238,17 @@ def main(argv: list[str] | None = None) -> int:
     run_info = {"cfg": model.cfg, "source": source, "args": plain_args(args)}
     bar = tqdm(total=total_steps, desc="finetuning", unit="step")
 
-    def on_step(info: dict) -> None:
-        """Advance the bar, show the losses of an evaluation, save a checkpoint after every epoch."""
+    evaluations = [0]  # how many evaluations the bar has shown
+
+    def on_step(state: dict) -> None:
+        """Advance the bar, show a new evaluation's losses, save a checkpoint after every epoch."""
         bar.update(1)
-        if info.get("val_loss") is not None:  # this step was evaluated
-            bar.set_postfix(train=f"{info['train_loss']:.3f}", val=f"{info['val_loss']:.3f}")
+        history = state["history"]
+        if len(history["val_losses"]) > evaluations[0]:
+            evaluations[0] = len(history["val_losses"])
+            bar.set_postfix(
+                train=f"{history['train_losses'][-1]:.3f}", val=f"{history['val_losses'][-1]:.3f}"
+            )
         if bar.n % steps_per_epoch == 0:
             epoch = bar.n // steps_per_epoch
             save_checkpoint(out_dir / f"epoch-{epoch}.pth", model, optimizer, epochs=epoch, **run_info)
