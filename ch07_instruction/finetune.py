@@ -78,7 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_seed(p, default=123, detail="; here the 85/5/10 split, the order of the batches and dropout")
     add_out_dir(p, "ch07", "checkpoints, responses and the training log")
     p.add_argument("--data", default="instruction-data.json", help="course file name or path to a JSON list")
-    p.add_argument("--init-from", default=None, help="start from this finetuned checkpoint (model.pth)")
+    p.add_argument(
+        "--init-from", default=None, metavar="PATH", help="start from this finetuned checkpoint (model.pth)"
+    )
     p.add_argument("--epochs", type=int, default=2, help="passes over the training entries")
     p.add_argument("--batch-size", type=int, default=8, help="entries per training step")
     p.add_argument("--lr", type=float, default=2e-4, help="learning rate (the book uses 5e-5 for GPT-2 355M)")
@@ -92,7 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="train LoRA adapters of this rank instead of all weights (0: full finetuning)",
     )
     p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha (updates scaled by alpha/rank)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N entries of each split")
+    p.add_argument(
+        "--limit", type=int, default=None, metavar="N", help="use only the first N entries of each split"
+    )
     p.add_argument("--eval-freq", type=int, default=10, help="evaluate every N steps")
     p.add_argument("--eval-iter", type=int, default=5, help="batches per evaluation")
     p.add_argument("--max-new-tokens", type=int, default=64, help="longest response generated")

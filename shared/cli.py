@@ -41,7 +41,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         """The help text, with ``(default: ...)`` added unless the text already names its default."""
         text = action.help or ""
-        shown = action.default not in (None, False, argparse.SUPPRESS) and action.option_strings
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        shown = action.option_strings and not unset  # 0 and 0.0 are shown: they are values
         if shown and "default" not in text and "%(default)" not in text:
             text += " (default: %(default)s)"
         return text

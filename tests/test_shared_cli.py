@@ -173,9 +173,10 @@ def test_defaults_are_added_to_help_once():
     add_seed(parser, default=9, detail="; also the split")
     parser.add_argument("--n", type=int, default=4, help="how many (default: four)")
     parser.add_argument("--flag", action="store_true", help="a switch")
-    text = parser.format_help()
-    assert "the split (default: 9)" in text and "(default: four)" in text
-    assert text.count("default") == 2  # none for the switch, none twice
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    text = " ".join(parser.format_help().split())
+    assert "the split (default: 9)" in text and "(default: four)" in text and "greedy (default: 0.0)" in text
+    assert text.count("default") == 3  # none for the switch, none twice
 
 
 # Every command-line script of the course: a chapter folder's .py file other than previous_chapters.py
