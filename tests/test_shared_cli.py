@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 from pathlib import Path
 
 import pytest
@@ -211,16 +212,28 @@ def parser_of(script: Path, script_module) -> argparse.ArgumentParser:
     return built[0]
 
 
+def script_id(script: Path) -> str:
+    """A script's test id: its chapter and name, e.g. ch07-finetune.py."""
+    return f"{script.parent.name[:4]}-{script.name}"
+
+
 def script_params() -> list:
     """SCRIPTS as pytest parameters; those on their way to shared.cli may still fail."""
     on_way = pytest.mark.xfail(reason="adopts shared.cli on branch c1-train", strict=False)
-    return [pytest.param(p, id=p.name if p.parent.name != "ch07_instruction" else f"ch07-{p.name}",
-                         marks=[on_way] if p.name in ON_THEIR_WAY else []) for p in SCRIPTS]  # fmt: skip
+    return [
+        pytest.param(p, id=script_id(p), marks=[on_way] if p.name in ON_THEIR_WAY else []) for p in SCRIPTS
+    ]
 
 
 def test_the_scripts_are_found():
     assert {p.name for p in SCRIPTS} >= {"generate.py", "train.py", "finetune.py", "evaluate.py"}
     assert len(SCRIPTS) >= 5
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=script_id)
+def test_every_script_has_main(script, script_module):
+    parameters = list(inspect.signature(script_module(script).main).parameters)
+    assert parameters == ["argv"], "main(argv: list[str] | None = None) -> int, for the in-process runner"
 
 
 @pytest.mark.parametrize("script", script_params())
