@@ -197,7 +197,7 @@ class _Parsed(Exception):
 
 
 def parser_of(script: Path, script_module) -> argparse.ArgumentParser:
-    """The ArgumentParser that a script's ``parse_args`` builds (caught before it parses anything)."""
+    """The ArgumentParser that a script's ``main`` builds (caught before it parses anything)."""
     built = []
 
     def catch(self, *args, **kwargs):
@@ -208,7 +208,7 @@ def parser_of(script: Path, script_module) -> argparse.ArgumentParser:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(argparse.ArgumentParser, "parse_args", catch)
         with pytest.raises(_Parsed):
-            module.parse_args([])
+            module.main([])
     return built[0]
 
 
