@@ -41,7 +41,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         """The help text, with ``(default: ...)`` added unless the text already names its default."""
         text = action.help or ""
-        shown = action.default not in (None, False, argparse.SUPPRESS) and action.option_strings
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        shown = action.option_strings and not unset  # 0 and 0.0 are shown: they are values
         if shown and "default" not in text and "%(default)" not in text:
             text += " (default: %(default)s)"
         return text
@@ -51,9 +52,9 @@ class ScriptParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` that fills default folders through ``checkpoint_dir`` after parsing."""
 
     def __init__(self, *args, **kwargs) -> None:
-        """As ``argparse.ArgumentParser``; ``default_dirs`` maps a destination to its folder default."""
+        """As ``argparse.ArgumentParser``; ``default_dirs`` maps a folder's destination to its default."""
         super().__init__(*args, **kwargs)
-        self.default_dirs: dict[str, DirDefault] = {}
+        self.default_dirs: dict[str, DirDefault | None] = {}
 
     def parse_known_args(
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
@@ -65,10 +66,10 @@ class ScriptParser(argparse.ArgumentParser):
         quick = bool(getattr(parsed, "quick", False))
         for dest, name in self.default_dirs.items():
             value = getattr(parsed, dest, None)
-            if value is None:
-                setattr(parsed, dest, course_dir(name(parsed) if callable(name) else name, quick=quick))
-            else:
+            if value is not None:
                 setattr(parsed, dest, Path(value))
+            elif name is not None:
+                setattr(parsed, dest, course_dir(name(parsed) if callable(name) else name, quick=quick))
         return parsed, extras
 
 
@@ -180,8 +181,8 @@ def add_out_dir(
         if not isinstance(name, str):
             raise ValueError("add_out_dir: give default_help when the default is not one folder name")
         default_help = f"checkpoints/{name}"
+    parser.default_dirs["out_dir"] = name  # a given folder becomes a Path; None: no default folder
     if name is not None:
-        parser.default_dirs["out_dir"] = name
         default_help += "; -quick appended in quick mode, and $COURSE_CHECKPOINT_DIR replaces checkpoints/"
     parser.add_argument(
         "--out-dir", default=None, metavar="DIR", help=f"folder for {what} (default: {default_help})"

@@ -47,16 +47,17 @@ def test_sampling_repeats_with_its_seed(checkpoint, run_script):
     assert others != {first}  # other seeds, other samples
 
 
-def test_greedy_stops_after_end_of_text(monkeypatch, script_module):
-    script = script_module(GENERATE)
-    prompt = torch.tensor([[11, 12]])
-    monkeypatch.setattr(
-        script, "generate_text_fast", lambda *a: torch.tensor([[11, 12, 5, END_OF_TEXT_ID, 7]])
-    )
-    out = script.continue_text(tiny_model(), prompt, 3, temperature=0.0, top_k=None)
-    assert out.tolist() == [[11, 12, 5, END_OF_TEXT_ID]]  # where generate(..., eos_id=...) stops
-    monkeypatch.setattr(script, "generate_text_fast", lambda *a: torch.tensor([[11, 12, 5, 6, 7]]))
-    assert script.continue_text(tiny_model(), prompt, 3, 0.0, None).tolist() == [[11, 12, 5, 6, 7]]
+def test_greedy_stops_after_end_of_text(tmp_path, run_script):
+    model = tiny_model()
+    with torch.no_grad():  # every position's output is the constant shift vector v: the logits are W v
+        model.final_norm.scale.zero_()
+        v = model.final_norm.shift.copy_(torch.ones(TINY["emb_dim"]))
+        model.out_head.weight.zero_()
+        model.out_head.weight[END_OF_TEXT_ID] = v  # <|endoftext|> wins every step
+    path = tmp_path / "eos.pth"
+    save_checkpoint(path, model, None, cfg=TINY)
+    out = run_script(GENERATE, "--checkpoint", str(path), *GREEDY).out
+    assert out == "Every effort<|endoftext|>\n"  # one end token, not six: decoding stopped there
 
 
 def test_books_base_model(tmp_path, run_script):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 from pathlib import Path
 
 import pytest
 import torch
 
 from shared.cli import (
+    WEIGHTS_CHOICES,
     HelpFormatter,
+    ScriptParser,
     add_out_dir,
     add_seed,
     base_weights,
@@ -127,6 +130,7 @@ def test_out_dir_chosen_by_the_script():
     parser = script_parser(DOC)
     add_out_dir(parser, None, "the report", default_help="next to the first file")
     assert parser.parse_args([]).out_dir is None
+    assert parser.parse_args(["--out-dir", "reports"]).out_dir == Path("reports")
     assert "next to the first file" in parser.format_help()
 
 
@@ -170,6 +174,99 @@ def test_defaults_are_added_to_help_once():
     add_seed(parser, default=9, detail="; also the split")
     parser.add_argument("--n", type=int, default=4, help="how many (default: four)")
     parser.add_argument("--flag", action="store_true", help="a switch")
-    text = parser.format_help()
-    assert "the split (default: 9)" in text and "(default: four)" in text
-    assert text.count("default") == 2  # none for the switch, none twice
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    text = " ".join(parser.format_help().split())
+    assert "the split (default: 9)" in text and "(default: four)" in text and "greedy (default: 0.0)" in text
+    assert text.count("default") == 3  # none for the switch, none twice
+
+
+# Every command-line script of the course: a chapter folder's .py file other than previous_chapters.py
+SCRIPTS = sorted(p for p in REPO_ROOT.glob("ch*_*/*.py") if p.name != "previous_chapters.py")
+ON_THEIR_WAY = {"train.py"}  # adopts shared.cli with the training core (branch c1-train)
+RENAMED = ("--checkpoint-dir", "--gpt2")  # now --out-dir, and --weights gpt2 --size SIZE
+SAME_HELP = ("--device", "--threads", "--weights", "--size", "--books-dir")  # one text everywhere
+SAME_START = {
+    "--seed": "seed of Python's",
+    "--out-dir": "folder for",
+    "--quick": "quick mode, as COURSE_QUICK=1",
+}
+
+
+class _Parsed(Exception):
+    """Raised instead of parsing: the parser a script built is what the test wants."""
+
+
+def parser_of(script: Path, script_module) -> argparse.ArgumentParser:
+    """The ArgumentParser that a script's ``main`` builds (caught before it parses anything)."""
+    built = []
+
+    def catch(self, *args, **kwargs):
+        built.append(self)
+        raise _Parsed
+
+    module = script_module(script)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(argparse.ArgumentParser, "parse_args", catch)
+        with pytest.raises(_Parsed):
+            module.main([])
+    return built[0]
+
+
+def script_id(script: Path) -> str:
+    """A script's test id: its chapter and name, e.g. ch07-finetune.py."""
+    return f"{script.parent.name[:4]}-{script.name}"
+
+
+def script_params() -> list:
+    """SCRIPTS as pytest parameters; those on their way to shared.cli may still fail."""
+    on_way = pytest.mark.xfail(reason="adopts shared.cli on branch c1-train", strict=False)
+    return [
+        pytest.param(p, id=script_id(p), marks=[on_way] if p.name in ON_THEIR_WAY else []) for p in SCRIPTS
+    ]
+
+
+def test_the_scripts_are_found():
+    assert {p.name for p in SCRIPTS} >= {"generate.py", "train.py", "finetune.py", "evaluate.py"}
+    assert len(SCRIPTS) >= 5
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=script_id)
+def test_every_script_has_main(script, script_module):
+    parameters = list(inspect.signature(script_module(script).main).parameters)
+    assert parameters == ["argv"], "main(argv: list[str] | None = None) -> int, for the in-process runner"
+
+
+@pytest.mark.parametrize("script", script_params())
+def test_every_flag_of_every_script_has_help(script, script_module):
+    parser = parser_of(script, script_module)
+    assert isinstance(parser, ScriptParser), "built with shared.cli.script_parser"
+    missing = [a.option_strings or [a.dest] for a in flag_actions(parser) if not (a.help or "").strip()]
+    assert missing == [], f"{script.name}: flags without help"
+
+
+@pytest.mark.parametrize("script", script_params())
+def test_help_shows_the_docstring_with_its_examples(script, script_module):
+    module = script_module(script)
+    text = parser_of(script, script_module).format_help()
+    examples = [line for line in module.__doc__.splitlines() if line.strip().startswith("python ")]
+    assert examples and all(line in text for line in examples)  # as written, indentation kept
+
+
+@pytest.mark.parametrize("script", script_params())
+def test_common_flags_have_one_name_and_one_meaning(script, script_module):
+    flags = {
+        a.option_strings[0]: a for a in flag_actions(parser_of(script, script_module)) if a.option_strings
+    }
+    assert not set(RENAMED) & set(flags), "renamed flags"
+    reference = script_parser(
+        "doc", device=True, seed=1, threads=True, out_dir="x", base_model="124M", quick="q"
+    )
+    common = {a.option_strings[0]: a for a in flag_actions(reference)}
+    for name in SAME_HELP:
+        if name in flags:
+            assert flags[name].help == common[name].help, name
+    for name, start in SAME_START.items():
+        if name in flags:
+            assert flags[name].help.startswith(start), name
+    if "--weights" in flags:
+        assert flags["--weights"].default == "auto" and tuple(flags["--weights"].choices) == WEIGHTS_CHOICES
