@@ -123,7 +123,6 @@ def build_parser() -> argparse.ArgumentParser:
     add("--save-every", type=int, default=50, help="write last.pth and history.json every N steps")
     add("--max-steps", type=int, help="stop after this global step (then continue with --resume)")
     add_out_dir(p, lambda a: OUT_DIRS[a.data], "last.pth, history.json and the books model", OUT_HELP)
-    add("--checkpoint-dir", dest="out_dir", metavar="DIR", help="the older name of --out-dir")
     add("--resume", action="store_true", help="continue the run of <out-dir>/last.pth")
     add("--prompt", help=f"the samples' prompt (default: {PROMPTS['text']!r}; books: {PROMPTS['books']!r})")
     add("--fast", action=argparse.BooleanOptionalAction, default=True, help="GPTModelFast, or GPTModel")

@@ -48,7 +48,7 @@ def same_weights(a: Path, b: Path) -> bool:
 def test_text_mode_resumes_exactly(mirror, tmp_path, run_script):
     straight, split = tmp_path / "straight", tmp_path / "split"
     run_script(TRAIN, *TEXT_TINY, "--max-steps", "5", "--out-dir", str(straight), cwd=tmp_path)
-    out = run_script(TRAIN, *TEXT_TINY, "--max-steps", "3", "--checkpoint-dir", str(split), cwd=tmp_path).out
+    out = run_script(TRAIN, *TEXT_TINY, "--max-steps", "3", "--out-dir", str(split), cwd=tmp_path).out
     assert "training until step 3" in out and "not finished" in out
     assert len(extras(split)["history"]["batch_losses"]) == 3
     resume = ["--resume", "--max-steps", "5", "--eval-iter", "1", "--threads", "1", "--device", "cpu"]
@@ -70,7 +70,7 @@ def test_books_mode_resumes_exactly_and_writes_a_base_model(mirror, tmp_path, ru
     assert "train: 1 book(s)" in out and "val: 1 book(s)" in out and "pg844" in out
     assert "held-out loss on pg844" in out and "books model written to straight" in out
 
-    args = [*BOOKS_TINY, *EVERY_2, "--max-steps", "3", "--checkpoint-dir", str(split)]
+    args = [*BOOKS_TINY, *EVERY_2, "--max-steps", "3", "--out-dir", str(split)]
     out = run_script(TRAIN, *args, cwd=tmp_path).out
     assert "not finished" in out and not (split / "model.safetensors").exists()
     out = run_script(
@@ -146,7 +146,7 @@ def test_every_flag_has_help_and_the_help_shows_the_examples(run_script, script_
     text = run_script(TRAIN, "--help").out
     for example in ("--data books --minutes 60", "--data books --resume", "torchrun --standalone"):
         assert example in text
-    assert "--out-dir" in text and "--checkpoint-dir" in text
+    assert "--out-dir" in text and "--checkpoint-dir" not in text  # one name in every script
 
 
 def test_default_folders_go_through_checkpoint_dir(script_module, monkeypatch, tmp_path):
@@ -155,7 +155,7 @@ def test_default_folders_go_through_checkpoint_dir(script_module, monkeypatch, t
     parser = script_module(TRAIN).build_parser()
     assert parser.parse_args([]).out_dir == tmp_path / "ch05"
     assert parser.parse_args(["--data", "books"]).out_dir == tmp_path / "books"  # train.py --data books
-    assert parser.parse_args(["--checkpoint-dir", "x"]).out_dir == Path("x")
+    assert parser.parse_args(["--out-dir", "x"]).out_dir == Path("x")
 
 
 def test_train_py_stays_short():
