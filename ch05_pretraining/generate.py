@@ -1,17 +1,21 @@
-"""Generate text with a GPT model: a checkpoint from train.py, or OpenAI's GPT-2 weights (chapter 5).
+"""Generate text with a GPT model: a checkpoint from train.py, or a base model (GPT-2 or the books model).
 
-The model, the sampler and the weight loaders come from the course's package,
+The model, the decoders and the weight loaders come from the course's package,
 ``gpt_from_scratch`` (generated from chapters 4 and 5's notebooks; ``pip install -e .``).
 
 Examples (from the repository root):
 
     python ch05_pretraining/generate.py --checkpoint checkpoints/ch05/last.pth --prompt "Every effort"
-    python ch05_pretraining/generate.py --gpt2 124M --temperature 1.0 --top-k 40 --seed 1
-    python ch05_pretraining/generate.py --gpt2 124M --source hf   # the safetensors copy
+    python ch05_pretraining/generate.py --weights gpt2 --size 124M --temperature 1.0 --top-k 40 --seed 1
+    python ch05_pretraining/generate.py --weights gpt2 --source openai   # OpenAI's TensorFlow files
+    python ch05_pretraining/generate.py --weights books --prompt "It was late in the evening when"
 
-``--temperature 0`` (the default) is greedy decoding; generation stops early at
-``<|endoftext|>``. ``--gpt2`` downloads OpenAI's checkpoint (TensorFlow format, needs the
-``tensorflow`` package) or, with ``--source hf``, the Hugging Face safetensors file.
+Without ``--checkpoint`` the model is a base model from ``load_base_model`` (chapter 5): GPT-2 if
+its weights can be loaded (``--source hf``, the default, downloads Hugging Face's safetensors copy;
+``--source openai`` OpenAI's TensorFlow checkpoint, which needs the ``tensorflow`` package), else
+the course's books model; which one is printed to stderr. ``--temperature 0`` (the default) decodes
+greedily with ``generate_text_fast`` (cached, the tokens of ``generate_text_simple``); a temperature
+above 0 samples with ``generate``. Generation stops early at ``<|endoftext|>``.
 """
 
 from __future__ import annotations
@@ -24,83 +28,97 @@ import torch
 
 from gpt_from_scratch.ch04 import GPTModel
 from gpt_from_scratch.ch05 import (
+    BaseModelUnavailable,
     generate,
+    generate_text_fast,
+    load_base_model,
     load_checkpoint,
-    load_gpt2_model,
     text_to_token_ids,
     token_ids_to_text,
 )
+from shared.cli import base_weights, script_parser, setup_runtime
 from shared.tokenizer import END_OF_TEXT_ID
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="a last.pth written by train.py")
-    src.add_argument("--gpt2", metavar="SIZE", help="OpenAI's GPT-2 weights: 124M, 355M, 774M or 1558M")
+    p = script_parser(__doc__, __file__, device=True, seed=123, threads=True, base_model="124M")
     p.add_argument(
-        "--source", choices=("openai", "hf"), default="openai", help="where --gpt2 weights come from"
+        "--checkpoint", metavar="PATH", help="a last.pth written by train.py (instead of a base model)"
     )
-    p.add_argument("--prompt", default="Every effort moves you")
-    p.add_argument("--max-new-tokens", type=int, default=50)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--seed", type=int, default=123)
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    p.add_argument(
+        "--source",
+        choices=("hf", "openai"),
+        default="hf",
+        help="where GPT-2's weights come from: Hugging Face's safetensors file, or OpenAI's TensorFlow "
+        "checkpoint (needs tensorflow)",
+    )
+    p.add_argument("--prompt", default="Every effort moves you", help="the text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=50, help="most tokens to add to the prompt")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="0: greedy decoding; above 0: sample, flatter as it rises",
+    )
+    p.add_argument(
+        "--top-k", type=int, default=None, help="sample from the K likeliest tokens only (default: all)"
+    )
     return p.parse_args(argv)
 
 
-def model_from_checkpoint(path: str) -> torch.nn.Module:
+def model_from_checkpoint(path: Path) -> torch.nn.Module:
     """A GPTModel rebuilt from the configuration stored in a train.py checkpoint."""
-    if not Path(path).is_file():
-        raise SystemExit(f"no checkpoint at {path}")
+    if not path.is_file():
+        raise SystemExit(f"error: no checkpoint at {path}")
     extras = torch.load(path, map_location="cpu", weights_only=True)["extra"]
     if "cfg" not in extras:
-        raise SystemExit(f"{path} has no model configuration: was it written by train.py?")
+        raise SystemExit(f"error: {path} has no model configuration: was it written by train.py?")
     model = GPTModel(extras["cfg"])
     load_checkpoint(path, model)
     return model
 
 
-def model_from_gpt2(size: str, source: str) -> torch.nn.Module:
-    """GPT-2 with OpenAI's weights, downloaded through the course's one download path."""
+def base_model(args: argparse.Namespace) -> torch.nn.Module:
+    """The base model of ``--weights``/``--size``/``--books-dir``; says which on stderr."""
     from shared.data import fetch_gpt2_checkpoint, fetch_gpt2_safetensors
 
-    path = fetch_gpt2_safetensors(size) if source == "hf" else fetch_gpt2_checkpoint(size)
-    return load_gpt2_model(path, size)
+    download = fetch_gpt2_safetensors if args.source == "hf" else fetch_gpt2_checkpoint
+    try:
+        model, source = load_base_model(
+            args.size, weights=base_weights(args), books_dir=args.books_dir, gpt2_download=download
+        )
+    except BaseModelUnavailable as err:
+        raise SystemExit(f"error: no base model: {err}") from None
+    print(source, file=sys.stderr)
+    return model
+
+
+def continue_text(
+    model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None
+) -> torch.Tensor:
+    """``idx`` (1, T) and its continuation, up to and with the first ``<|endoftext|>``."""
+    context = model.cfg["context_length"]
+    if temperature > 0:
+        return generate(model, idx, max_new_tokens, context, temperature, top_k, eos_id=END_OF_TEXT_ID)
+    out = generate_text_fast(model, idx, max_new_tokens, context)  # (1, T + max_new_tokens)
+    new = out[0, idx.shape[1] :].tolist()
+    if END_OF_TEXT_ID in new:  # stop where generate(..., eos_id=...) stops: after the first one
+        out = out[:, : idx.shape[1] + new.index(END_OF_TEXT_ID) + 1]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     """Load a model, generate from the prompt, print the text; return the exit code."""
     args = parse_args(argv)
-    from shared.runtime import get_device, set_seed
     from shared.tokenizer import get_gpt2_tokenizer
 
-    device = get_device(args.device)
-    from shared.data import DownloadError
-
-    if args.checkpoint:
-        model = model_from_checkpoint(args.checkpoint)
-    else:
-        try:
-            model = model_from_gpt2(args.gpt2, args.source)
-        except (DownloadError, ValueError, ImportError) as err:  # offline, bad size, no TensorFlow
-            raise SystemExit(f"could not load GPT-2 {args.gpt2}: {err}") from None
+    model = model_from_checkpoint(Path(args.checkpoint)) if args.checkpoint else base_model(args)
+    device = setup_runtime(args)  # seeded after the model is built: the seed alone fixes the samples
     model.to(device).eval()
     tokenizer = get_gpt2_tokenizer()
-
-    set_seed(args.seed)
-    idx = text_to_token_ids(args.prompt, tokenizer).to(device)
-    out = generate(
-        model,
-        idx,
-        max_new_tokens=args.max_new_tokens,
-        context_size=model.cfg["context_length"],
-        temperature=args.temperature,
-        top_k=args.top_k,
-        eos_id=END_OF_TEXT_ID,
-    )
+    idx = text_to_token_ids(args.prompt, tokenizer).to(device)  # (1, T)
+    out = continue_text(model, idx, args.max_new_tokens, args.temperature, args.top_k)
     print(token_ids_to_text(out.cpu(), tokenizer))
     return 0
 

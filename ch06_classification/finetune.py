@@ -9,15 +9,15 @@ Examples (from the repository root):
     python ch06_classification/finetune.py                        # the chapter's run (last block)
     python ch06_classification/finetune.py --weights books --epochs 3
     python ch06_classification/finetune.py --lora --rank 8 --alpha 16
-    python ch06_classification/finetune.py --trainable all --checkpoint-dir checkpoints/ch06-all
+    python ch06_classification/finetune.py --trainable all --out-dir checkpoints/ch06-all
     python ch06_classification/finetune.py --classify "WINNER! Claim your prize now" "See you at 6"
     python ch06_classification/finetune.py --quick                # a subset and one short epoch
 
 Training keeps one copy of each message, balances the classes by undersampling, splits 70/10/20
 with ``--split-seed`` (by default ``--seed``, which also sets the head's start and the order of the
-batches), and saves ``classifier.pth`` in ``--checkpoint-dir`` after every epoch (LoRA
-adapters are merged into the saved copy). ``--classify`` loads that file and prints the label and
-its probability for each message, without training.
+batches), and saves ``classifier.pth`` in ``--out-dir`` (default ``checkpoints/ch06``) after every
+epoch (LoRA adapters are merged into the saved copy). ``--classify`` loads that file and prints the
+label and its probability for each message, without training.
 """
 
 from __future__ import annotations
@@ -26,13 +26,12 @@ import argparse
 import copy
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from gpt_from_scratch.ch05 import BaseModelUnavailable, load_base_model
+from gpt_from_scratch.ch05 import BaseModelUnavailable, LoadedBaseModel, load_base_model
 from gpt_from_scratch.ch06 import (
     SPAM_LABELS,
     SpamDataset,
@@ -51,6 +50,7 @@ from gpt_from_scratch.ch06 import (
     split_data_frame,
     train_classifier,
 )
+from shared.cli import add_out_dir, add_seed, base_weights, plain_args, script_parser, setup_runtime
 
 CHECKPOINT = "classifier.pth"
 # The chapter's learning rates: (GPT-2 weights, the books model), for the last block and for LoRA
@@ -69,24 +69,32 @@ def spam_splits(seed: int, quick: bool = False) -> tuple:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = script_parser(
+        __doc__,
+        __file__,
+        device=True,
+        threads=True,
+        base_model="124M",
+        quick="a data subset (20 messages per class), one epoch, the quick books model",
+    )
+    add_seed(p, default=123, detail="; here the head's start and the order of the batches")
+    add_out_dir(p, "ch06", f"{CHECKPOINT}, which --classify reads")
     p.add_argument("--classify", nargs="+", metavar="TEXT", help="classify these messages with a saved model")
     p.add_argument(
-        "--weights",
-        choices=("gpt2", "books"),
-        default=None,
-        help="base weights (default: GPT-2 if available, else the course's books model)",
+        "--trainable",
+        choices=("head", "last_block", "all"),
+        default="last_block",
+        help="what trains besides the new head: nothing else, the last block and the final norm, or all",
     )
-    p.add_argument("--size", default="124M", help="GPT-2 size when GPT-2 weights are used")
-    p.add_argument("--books-dir", default=None, help="books checkpoint folder (default: checkpoints/books)")
-    p.add_argument("--trainable", choices=("head", "last_block", "all"), default="last_block")
     p.add_argument("--lora", action="store_true", help="train LoRA adapters on every linear layer instead")
     p.add_argument("--rank", type=int, default=8, help="LoRA rank")
     p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (updates scaled by alpha/rank)")
-    p.add_argument("--epochs", type=int, default=2, help="as in the chapter (the book: 5)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=None, help="default: as in the chapter, see DEFAULT_LR")
-    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--epochs", type=int, default=2, help="passes over the training messages (the book: 5)")
+    p.add_argument("--batch-size", type=int, default=8, help="messages per training step")
+    p.add_argument(
+        "--lr", type=float, default=None, help="learning rate (default: as in the chapter, see DEFAULT_LR)"
+    )
+    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW's weight decay")
     p.add_argument(
         "--max-length",
         type=int,
@@ -95,45 +103,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--eval-freq", type=int, default=50, help="estimate the losses every N steps")
     p.add_argument("--eval-iter", type=int, default=5, help="batches per estimate")
-    p.add_argument("--seed", type=int, default=123, help="the head's start and the order of the batches")
     p.add_argument(
         "--split-seed",
         type=int,
         default=None,
         help="the balancing and the 70/10/20 split (default: --seed); keep it fixed to compare --seed runs",
     )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="a data subset, one epoch, the quick books model (also: COURSE_QUICK=1)",
-    )
-    p.add_argument(
-        "--checkpoint-dir",
-        default=None,
-        help=f"where {CHECKPOINT} goes (default: checkpoints/ch06, or ch06-quick when quick)",
-    )
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     return p.parse_args(argv)
 
 
-def checkpoint_folder(args: argparse.Namespace) -> Path:
-    """``--checkpoint-dir``, or the course's checkpoint folder for this chapter."""
-    from shared.runtime import checkpoint_dir, is_quick
+def base_model(args: argparse.Namespace, device: torch.device) -> LoadedBaseModel:
+    """Section 6.4's pretrained model with its record: which weights (``gpt2`` or ``books``) and a line on them."""
+    from shared.data import fetch_gpt2_safetensors
 
-    if args.checkpoint_dir:
-        return Path(args.checkpoint_dir)
-    return checkpoint_dir("ch06-quick" if args.quick and not is_quick() else "ch06")  # quick runs: ch06-quick
+    try:
+        return load_base_model(
+            args.size,
+            weights=base_weights(args),
+            books_dir=args.books_dir,
+            gpt2_download=fetch_gpt2_safetensors,
+            device=device,
+        )
+    except BaseModelUnavailable as err:
+        raise SystemExit(f"error: no base model: {err}") from None
 
 
 def classify(args: argparse.Namespace) -> int:
     """Print the label and probability of each ``--classify`` message."""
-    from shared.runtime import get_device
     from shared.tokenizer import get_gpt2_tokenizer
 
-    path = checkpoint_folder(args) / CHECKPOINT
+    path = args.out_dir / CHECKPOINT
     if not path.is_file():
         raise SystemExit(f"--classify: no classifier at {path}; train one first (run without --classify)")
-    device = get_device(args.device)
+    device = setup_runtime(args)
     model, extra = load_classifier(path, device=device)
     tokenizer = get_gpt2_tokenizer()
     for text in args.classify:
@@ -150,32 +152,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.classify:
         return classify(args)
-    from shared.data import fetch_gpt2_safetensors
-    from shared.runtime import checkpoint_dir, get_device, is_quick, set_seed
+    from shared.runtime import set_seed
     from shared.tokenizer import get_gpt2_tokenizer
 
-    device = get_device(args.device)
+    device = setup_runtime(args)
     tokenizer = get_gpt2_tokenizer()
-    args.quick = args.quick or is_quick()
     if args.quick:  # same code path, smaller sizes; never the 500 MB GPT-2 download
         args.epochs, args.eval_freq, args.eval_iter = 1, 2, 1
-        args.weights = args.weights or "books"
+        args.weights = "books" if args.weights == "auto" else args.weights
 
     split_seed = args.seed if args.split_seed is None else args.split_seed
     train_df, val_df, test_df = spam_splits(split_seed, quick=args.quick)
 
-    # Base model (section 6.4)
-    books_dir = args.books_dir or checkpoint_dir("books-quick" if args.quick and not is_quick() else "books")
-    try:
-        base = load_base_model(
-            args.size,
-            weights=args.weights,
-            books_dir=books_dir,
-            gpt2_download=fetch_gpt2_safetensors,
-            device=device,
-        )
-    except BaseModelUnavailable as err:
-        raise SystemExit(f"no base model: {err}") from None
+    base = base_model(args, device)  # section 6.4
     model, source = base.model, base.description
     print(source)
     if args.lr is None:
@@ -213,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     # Finetuning (section 6.7), with a progress bar and a checkpoint after every epoch
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    ckpt_path = checkpoint_folder(args) / CHECKPOINT
+    ckpt_path = args.out_dir / CHECKPOINT
     steps_per_epoch = len(train_loader)
     bar = tqdm(total=args.epochs * steps_per_epoch, unit="step", dynamic_ncols=True)
 
@@ -228,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_length=train_ds.max_length,
                 base_weights=source,
                 epoch=info["epoch"] + 1,
-                args=vars(args),
+                args=plain_args(args),
             )
 
     start = time.time()

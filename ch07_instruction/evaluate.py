@@ -4,10 +4,10 @@ Reads one or more JSON files as written by ``finetune.py`` (or the chapter's not
 entries with ``instruction``, ``input``, ``output`` and the model's response (``--key``). Examples
 (from the repository root):
 
-    python ch07_instruction/evaluate.py runs/ch07/responses.json --no-judge
-    python ch07_instruction/evaluate.py runs/ch07/responses-base.json runs/ch07/responses.json
-    python ch07_instruction/evaluate.py runs/ch07/responses.json --no-metrics --judge-model llama3.1
-    python ch07_instruction/evaluate.py runs/ch07/responses.json --judge-api openai \\
+    python ch07_instruction/evaluate.py checkpoints/ch07/responses.json --no-judge
+    python ch07_instruction/evaluate.py checkpoints/ch07/responses-base.json checkpoints/ch07/responses.json
+    python ch07_instruction/evaluate.py checkpoints/ch07/responses.json --no-metrics --judge-model llama3.1
+    python ch07_instruction/evaluate.py checkpoints/ch07/responses.json --judge-api openai \\
         --judge-url http://localhost:8080/v1 --judge-model my-model
 
 Offline metrics (exact match, token F1, ROUGE-L) always work. The judge is Ollama's REST API
@@ -17,8 +17,9 @@ token. If no judge answers, one message says how to start one and only the metri
 (exit code 0), unless the judge was the only thing asked for (exit code 2). A reply without a score
 is recorded as missing, never as 0.
 
-Written to ``--out-dir`` (default: the folder of the first file): ``report.md`` (means per file and
-the per-entry table), ``scores.csv`` (per entry) and ``summary.json`` (means).
+Written to ``--out-dir`` (default: the folder of the first file, e.g. ``checkpoints/ch07``, where
+``finetune.py`` writes): ``report.md`` (means per file and the per-entry table), ``scores.csv`` (per
+entry) and ``summary.json`` (means).
 """
 
 from __future__ import annotations
@@ -41,11 +42,15 @@ from gpt_from_scratch.ch07 import (
     load_instruction_data,
     score_responses,
 )
+from shared.cli import add_out_dir, script_parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = script_parser(__doc__, __file__)
+    add_out_dir(
+        p, None, "report.md, scores.csv and summary.json", default_help="the folder of the first file"
+    )
     p.add_argument("responses", nargs="+", help="JSON file(s) of entries with responses")
     p.add_argument("--key", default="model_response", help="the entries' key that holds the response")
     p.add_argument(
@@ -61,18 +66,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ask an LLM judge for 0-100 scores when one answers (default: on)",
     )
     p.add_argument(
-        "--judge-api", default=os.environ.get("COURSE_JUDGE_API") or "ollama", choices=["ollama", "openai"]
+        "--judge-api",
+        default=os.environ.get("COURSE_JUDGE_API") or "ollama",
+        choices=["ollama", "openai"],
+        help="the judge's API: Ollama's REST API, or an OpenAI-compatible chat endpoint "
+        "(default: $COURSE_JUDGE_API, else ollama)",
     )
     p.add_argument(
         "--judge-url",
         default=os.environ.get("COURSE_JUDGE_URL") or None,
-        help="default: http://localhost:11434 (ollama), http://localhost:8080/v1 (openai)",
+        help="the judge's base URL (default: $COURSE_JUDGE_URL, else http://localhost:11434 for ollama, "
+        "http://localhost:8080/v1 for openai)",
     )
-    p.add_argument("--judge-model", default=os.environ.get("COURSE_JUDGE_MODEL") or "llama3.2")
-    p.add_argument("--api-key", default=os.environ.get("COURSE_JUDGE_API_KEY") or None)
+    p.add_argument(
+        "--judge-model",
+        default=os.environ.get("COURSE_JUDGE_MODEL") or "llama3.2",
+        help="the judge model's name on the server (default: $COURSE_JUDGE_MODEL, else llama3.2)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("COURSE_JUDGE_API_KEY") or None,
+        help="sent as a Bearer token (default: $COURSE_JUDGE_API_KEY, else none)",
+    )
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per judge request")
     p.add_argument("--retries", type=int, default=2, help="extra attempts per judge request")
-    p.add_argument("--out-dir", default=None, help="where the report goes (default: next to the first file)")
     return p.parse_args(argv)
 
 
@@ -148,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         tables.append(df)
         summary.append(row)
 
-    out_dir = Path(args.out_dir) if args.out_dir else files[0].parent
+    out_dir = args.out_dir or files[0].parent
     out_dir.mkdir(parents=True, exist_ok=True)
     scores = pd.concat(tables, ignore_index=True)
     scores.to_csv(out_dir / "scores.csv", index=False)

@@ -2,18 +2,22 @@
 
 The code is the course's own: the package ``gpt_from_scratch`` is generated from the notebooks'
 export cells, so this script uses the very ``InstructionDataset``, ``instruction_collate``,
-``train_model_simple`` and ``respond`` that chapters 5 and 7 build.
+``train_model`` and ``respond`` that chapters 5 and 7 build.
 
 Examples (from the repository root):
 
-    python ch07_instruction/finetune.py --epochs 2 --lr 2e-4 --out-dir runs/ch07
-    python ch07_instruction/finetune.py --mask-prompt --out-dir runs/ch07-masked
+    python ch07_instruction/finetune.py --epochs 2 --lr 2e-4              # writes checkpoints/ch07
+    python ch07_instruction/finetune.py --mask-prompt --out-dir checkpoints/ch07-masked
     python ch07_instruction/finetune.py --weights gpt2 --size 355M --lr 5e-5   # the book's set-up
-    python ch07_instruction/finetune.py --limit 40 --epochs 1 --out-dir runs/smoke  # a quick check
+    python ch07_instruction/finetune.py --limit 200 --epochs 1 --out-dir checkpoints/ch07-200
+    python ch07_instruction/finetune.py --quick          # quick mode: checkpoints/ch07-quick
 
 The base model comes from ``load_base_model`` (chapter 5): GPT-2 if its weights are available,
 else the course's model pretrained on books; the script prints which. The data are split 85/5/10
-(train/validation/test) with ``--seed``. Written to ``--out-dir``:
+(train/validation/test) with ``--seed``. Training is chapter 5's ``train_model`` at the constant
+learning rate ``--lr``, without gradient clipping (as the chapter's ``train_model_simple``); a
+progress bar shows the steps and the losses of every evaluation. Written to ``--out-dir``
+(default ``checkpoints/ch07``):
 
 * ``epoch-<k>.pth`` after every epoch and ``model.pth`` at the end (model, optimizer, config,
   arguments, losses; chapter 5's checkpoint format). With ``--lora-rank`` (chapter 6's adapters)
@@ -29,53 +33,59 @@ else the course's model pretrained on books; the script prints which. The data a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
+import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from gpt_from_scratch.ch05 import (
     BaseModelUnavailable,
+    LoadedBaseModel,
     load_base_model,
     load_checkpoint,
     save_checkpoint,
-    train_model_simple,
+    train_model,
 )
 from gpt_from_scratch.ch07 import (
     InstructionDataset,
     create_instruction_loader,
-    format_instruction_prompt,
     generate_responses,
     load_instruction_data,
     save_responses,
     split_instruction_data,
 )
-from shared.runtime import REPO_ROOT
+from shared.cli import add_out_dir, add_seed, base_weights, plain_args, script_parser, setup_runtime
 
-ROOT = REPO_ROOT
+QUICK = {"limit": 40, "epochs": 1, "max_new_tokens": 16}  # --quick: a few entries, one epoch, short replies
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = script_parser(
+        __doc__,
+        __file__,
+        device=True,
+        threads=True,
+        base_model="355M",
+        quick=f"the first {QUICK['limit']} entries of each split, one epoch, {QUICK['max_new_tokens']} "
+        "new tokens per response, the quick books model",
+    )
+    add_seed(p, default=123, detail="; here the 85/5/10 split, the order of the batches and dropout")
+    add_out_dir(p, "ch07", "checkpoints, responses and the training log")
     p.add_argument("--data", default="instruction-data.json", help="course file name or path to a JSON list")
     p.add_argument(
-        "--weights",
-        default="auto",
-        choices=["auto", "gpt2", "books"],
-        help="auto: GPT-2 if available, else the course's books model",
+        "--init-from", default=None, metavar="PATH", help="start from this finetuned checkpoint (model.pth)"
     )
-    p.add_argument("--size", default="355M", help="GPT-2 size when GPT-2 weights are used")
-    p.add_argument("--books-dir", default=None, help="folder of the books model (default: checkpoints/books)")
-    p.add_argument("--init-from", default=None, help="start from this finetuned checkpoint (model.pth)")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-4, help="the book uses 5e-5 for GPT-2 355M")
-    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--epochs", type=int, default=2, help="passes over the training entries")
+    p.add_argument("--batch-size", type=int, default=8, help="entries per training step")
+    p.add_argument("--lr", type=float, default=2e-4, help="learning rate (the book uses 5e-5 for GPT-2 355M)")
+    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW's weight decay")
     p.add_argument("--max-length", type=int, default=128, help="truncate examples (capped at the context)")
     p.add_argument("--mask-prompt", action="store_true", help="leave the prompt tokens out of the loss")
     p.add_argument(
@@ -84,9 +94,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         help="train LoRA adapters of this rank instead of all weights (0: full finetuning)",
     )
-    p.add_argument("--lora-alpha", type=float, default=16.0)
-    p.add_argument("--seed", type=int, default=123)
-    p.add_argument("--limit", type=int, default=None, help="use only the first N entries of each split")
+    p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha (updates scaled by alpha/rank)")
+    p.add_argument(
+        "--limit", type=int, default=None, metavar="N", help="use only the first N entries of each split"
+    )
     p.add_argument("--eval-freq", type=int, default=10, help="evaluate every N steps")
     p.add_argument("--eval-iter", type=int, default=5, help="batches per evaluation")
     p.add_argument("--max-new-tokens", type=int, default=64, help="longest response generated")
@@ -96,9 +107,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also save the responses of the model before finetuning (responses-base.json)",
     )
-    p.add_argument("--out-dir", default="runs/ch07", help="where checkpoints and responses go")
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.quick:  # same code path, smaller sizes; never the GPT-2 download
+        args.limit = QUICK["limit"] if args.limit is None else args.limit
+        args.epochs, args.max_new_tokens = QUICK["epochs"], min(args.max_new_tokens, QUICK["max_new_tokens"])
+        args.weights = "books" if args.weights == "auto" else args.weights
+    return args
 
 
 def data_path(name: str) -> Path:
@@ -114,50 +128,71 @@ def data_path(name: str) -> Path:
     return path
 
 
-class _TqdmStdout:
-    """Print lines through ``tqdm.write`` to the real stdout, so that they do not break the progress bar."""
+def base_model(args: argparse.Namespace, device: torch.device) -> LoadedBaseModel:
+    """The base model of ``--weights``/``--size``/``--books-dir``, with the record of which it is."""
+    from shared.data import fetch_gpt2_safetensors
 
-    def __init__(self):
-        self.stdout = sys.stdout
+    try:
+        return load_base_model(
+            args.size,
+            weights=base_weights(args),
+            books_dir=args.books_dir,
+            gpt2_download=fetch_gpt2_safetensors,
+            device=device,
+        )
+    except BaseModelUnavailable as err:
+        raise SystemExit(f"error: no base model: {err}") from None
 
-    def write(self, text: str) -> None:
-        """Write ``text`` above the bar."""
-        if text.strip():
-            tqdm.write(text.rstrip("\n"), file=self.stdout)
 
-    def flush(self) -> None:
-        """Nothing is buffered."""
-        self.stdout.flush()
+def finetune(
+    model: torch.nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    args: argparse.Namespace,
+    on_step: Callable[[dict], None],
+) -> dict:
+    """Chapter 5's training core at the constant rate ``--lr``, no clipping; its history of losses.
+
+    ``on_step(state)`` follows every optimizer step (``state["history"]`` holds the losses so far).
+    """
+    state = train_model(
+        model,
+        train_loader,
+        val_loader,
+        optimizer,
+        device,
+        num_epochs=args.epochs,
+        eval_freq=args.eval_freq,
+        eval_iter=args.eval_iter,
+        peak_lr=args.lr,
+        min_lr=args.lr,  # no warmup, no decay
+        max_grad_norm=math.inf,  # no clipping, as chapter 7's train_model_simple
+        seed=args.seed,
+        verbose=False,
+        on_step=on_step,
+    )
+    return state["history"]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Finetune, save checkpoints and responses; return the exit code."""
     args = parse_args(argv)
     from gpt_from_scratch.ch07 import InstructionDataError
-    from shared.data import fetch_gpt2_safetensors
-    from shared.runtime import get_device, set_seed
+    from shared.runtime import set_seed
     from shared.tokenizer import get_gpt2_tokenizer
 
     try:
         data = load_instruction_data(data_path(args.data))
     except InstructionDataError as err:
         raise SystemExit(f"error: {err}") from None
-    device = get_device(args.device)
+    device = setup_runtime(args)
     tokenizer = get_gpt2_tokenizer()
-    out_dir = Path(args.out_dir)
+    out_dir = args.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    books_dir = args.books_dir or ROOT / "checkpoints" / "books"
-    try:
-        base = load_base_model(
-            args.size,
-            weights=None if args.weights == "auto" else args.weights,
-            books_dir=books_dir,
-            gpt2_download=fetch_gpt2_safetensors,
-            device=device,
-        )
-    except BaseModelUnavailable as err:
-        raise SystemExit(f"error: no base model: {err}") from None
+    base = base_model(args, device)
     model, source = base.model, base.description
     print(f"base model: {source}")
     if args.init_from:
@@ -206,41 +241,33 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=args.weight_decay
     )
-    run_info = {"cfg": model.cfg, "source": source, "args": vars(args)}
+    run_info = {"cfg": model.cfg, "source": source, "args": plain_args(args)}
     bar = tqdm(total=total_steps, desc="finetuning", unit="step")
-    done = {"steps": 0}
 
-    def after_step(optimizer, *_):
-        """Advance the bar; save a checkpoint at the end of every epoch."""
-        done["steps"] += 1
+    evaluations = [0]  # how many evaluations the bar has shown
+
+    def on_step(state: dict) -> None:
+        """Advance the bar, show a new evaluation's losses, save a checkpoint after every epoch."""
         bar.update(1)
-        if done["steps"] % steps_per_epoch == 0:
-            epoch = done["steps"] // steps_per_epoch
+        history = state["history"]
+        if len(history["val_losses"]) > evaluations[0]:
+            evaluations[0] = len(history["val_losses"])
+            bar.set_postfix(
+                train=f"{history['train_losses'][-1]:.3f}", val=f"{history['val_losses'][-1]:.3f}"
+            )
+        if bar.n % steps_per_epoch == 0:
+            epoch = bar.n // steps_per_epoch
             save_checkpoint(out_dir / f"epoch-{epoch}.pth", model, optimizer, epochs=epoch, **run_info)
 
-    hook = optimizer.register_step_post_hook(after_step)
     start = time.time()
-    with contextlib.redirect_stdout(_TqdmStdout()):
-        train_losses, val_losses, tokens_seen = train_model_simple(
-            model,
-            train_loader,
-            val_loader,
-            optimizer,
-            device,
-            num_epochs=args.epochs,
-            eval_freq=args.eval_freq,
-            eval_iter=args.eval_iter,
-            start_context=format_instruction_prompt(val[0]),
-            tokenizer=tokenizer,
-        )
-    hook.remove()
+    history = finetune(model, train_loader, val_loader, optimizer, device, args, on_step)
     bar.close()
     if args.lora_rank:
         from gpt_from_scratch.ch06 import merge_lora
 
         merge_lora(model)  # plain linear layers again: the checkpoint loads into a GPTModel
     minutes = (time.time() - start) / 60
-    history = {"train_losses": train_losses, "val_losses": val_losses, "tokens_seen": tokens_seen}
+    history = {key: history[key] for key in ("train_losses", "val_losses", "tokens_seen")}  # per evaluation
     final_optimizer = None if args.lora_rank else optimizer  # LoRA: the merged model has no adapters left
     save_checkpoint(
         out_dir / "model.pth", model, final_optimizer, epochs=args.epochs, history=history, **run_info
@@ -250,12 +277,12 @@ def main(argv: list[str] | None = None) -> int:
         "minutes": round(minutes, 3),
         "steps": total_steps,
         **history,
-        "args": vars(args),
+        "args": run_info["args"],
     }
     (out_dir / "train_log.json").write_text(json.dumps(log, indent=2) + "\n", encoding="utf-8")
     print(
         f"finetuned for {total_steps} steps in {minutes:.2f} minutes; last losses: "
-        f"train {train_losses[-1]:.3f}, validation {val_losses[-1]:.3f}"
+        f"train {history['train_losses'][-1]:.3f}, validation {history['val_losses'][-1]:.3f}"
     )
     print("saved", out_dir / "model.pth")
 

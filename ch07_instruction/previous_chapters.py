@@ -5,6 +5,7 @@
 
 import copy
 import functools
+import itertools
 import json
 import math
 import os
@@ -12,9 +13,10 @@ import re
 import sys
 import time
 import unicodedata
+import warnings
 import zipfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Sampler, SequentialSampler
 
 # Source: ch02_text_data/ch02.ipynb, 2.2 Splitting text into tokens
 TOKEN_PATTERN = re.compile(r'([,.:;?_!"()\']|--|\s)')
@@ -1149,22 +1151,66 @@ def lr_at_step(step: int, total_steps: int, warmup_steps: int, peak_lr: float, m
 
 
 # Source: ch05_pretraining/ch05.ipynb, 5.6.1 Reproducible data order and exact resuming
-def epoch_batches(
-    dataset: Dataset, batch_size: int, seed: int, epoch: int, drop_last: bool = True, shuffle: bool = True
-):
-    """Yield the (inputs, targets) batches of one epoch, shuffled in an order fixed by (seed, epoch)."""
-    if shuffle:
-        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        order = torch.randperm(len(dataset), generator=generator).tolist()
-    else:
-        order = list(range(len(dataset)))
-    stop = len(order) - len(order) % batch_size if drop_last else len(order)
-    for start in range(0, stop, batch_size):
-        pairs = [dataset[i] for i in order[start : start + batch_size]]
-        yield torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])  # (b, T) each
+class EpochSampler(Sampler[int]):
+    """A DataLoader sampler whose order depends only on (seed, epoch): shuffled, or in order."""
+
+    def __init__(self, n_items: int, seed: int = 123, shuffle: bool = True) -> None:
+        """The indices 0 .. n_items - 1, in the order of epoch 0 until ``set_epoch`` picks another."""
+        super().__init__()
+        self.n_items, self.seed, self.shuffle = n_items, seed, shuffle
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Yield the order of ``epoch`` from now on, leaving out its first ``skip`` indices."""
+        self.epoch, self.skip = epoch, skip
+
+    def __len__(self) -> int:
+        """The number of indices one pass yields."""
+        return self.n_items - self.skip
+
+    def __iter__(self):
+        """The epoch's indices, from position ``skip`` on."""
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n_items, generator=generator).tolist()
+        else:
+            order = list(range(self.n_items))
+        return iter(order[self.skip :])
+
+
+def epoch_loader(loader: DataLoader, seed: int) -> DataLoader:
+    """``loader`` (its dataset, batch size, collate_fn, workers, drop_last) in ``EpochSampler``'s order."""
+    sampler = loader.sampler
+    plain = type(sampler) in (RandomSampler, SequentialSampler) and len(sampler) == len(loader.dataset)
+    plain = plain and not getattr(sampler, "replacement", False)  # each item once per epoch
+    if isinstance(loader.dataset, IterableDataset) or loader.batch_size is None or not plain:
+        raise ValueError(
+            "train_model fixes the order of every epoch by (seed, epoch), so that a resumed run sees the "
+            "same batches: give it a DataLoader made with batch_size= and shuffle=True or False, without "
+            "a sampler, a batch_sampler or an iterable dataset of its own"
+        )
+    order = EpochSampler(len(loader.dataset), seed, shuffle=isinstance(sampler, RandomSampler))
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=order,
+        collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
+        generator=torch.Generator(),  # the workers' seeds: set per epoch, never from the global generator
+        prefetch_factor=loader.prefetch_factor,
+        persistent_workers=loader.persistent_workers,
+    )
 
 
 # Source: ch05_pretraining/ch05.ipynb, 5.6.1 Reproducible data order and exact resuming
+Batch = tuple[torch.Tensor, torch.Tensor]  # inputs and targets, (b, T) each
+
+
 def ddp_rank_and_size(model: nn.Module) -> tuple[int, int]:
     """This process's rank and the number of processes for a DistributedDataParallel model, else (0, 1)."""
     if isinstance(model, nn.parallel.DistributedDataParallel):
@@ -1181,10 +1227,107 @@ def mean_across_ranks(value: torch.Tensor, world_size: int) -> float:
     return value.item()
 
 
+def train_loop(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Callable[[int], Iterator[Batch]],
+    device: torch.device,
+    total_steps: int,
+    peak_lr: float,
+    min_lr: float = 0.0,
+    warmup_steps: int = 0,
+    max_grad_norm: float = 1.0,
+    seed: int = 123,
+    state: dict | None = None,
+    stop_at_step: int | None = None,
+    evaluate: Callable[[int], tuple[int, float, float] | None] | None = None,
+    on_step: Callable[[dict], None] | None = None,
+    precision: str = "fp32",
+) -> dict:
+    """The training core: the batches of ``batches(step)`` (step on), with the schedule; resumable ``state``.
+
+    After every 0-based ``step``, rank 0 calls ``evaluate(step)``, which returns None or the step to
+    record with the training and validation losses; then every process calls ``on_step(state)``.
+    ``precision="bf16"`` runs the forward pass and the loss under bfloat16 autocast. Under torchrun,
+    pass the model wrapped in DistributedDataParallel: each process trains on its equal share of the
+    rows of every batch, the logged batch loss is the mean over all processes, and the returned state
+    holds every process's random state (``rank_rng_states``), so that a resumed run continues exactly.
+    """
+    rank, world_size = ddp_rank_and_size(model)  # (0, 1) without torchrun
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    bf16 = precision == "bf16"
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    if state is None:
+        keys = ("steps", "tokens_seen", "train_losses", "val_losses", "lrs", "batch_losses")
+        history = {key: [] for key in keys}
+        state = {"step": 0, "seed": seed, "total_steps": total_steps, "tokens_seen": 0, "history": history}
+    else:
+        if (state["seed"], state["total_steps"]) != (seed, total_steps):
+            raise ValueError(
+                f"cannot resume: the checkpoint used seed {state['seed']} and "
+                f"{state['total_steps']} steps, this run {seed} and {total_steps}"
+            )
+        state = copy.deepcopy(state)
+        ranks = state.pop("rank_rng_states", None)  # under torchrun: every process's random state
+        if ranks is not None and len(ranks) == world_size:
+            state.update(ranks[rank])
+        elif ranks is not None or world_size > 1:
+            warnings.warn(
+                f"the state comes from {1 if ranks is None else len(ranks)} process(es), this run has "
+                f"{world_size}: the batches are the same, but dropout masks (if any) are not those of an "
+                "uninterrupted run",
+                stacklevel=2,
+            )
+        torch.set_rng_state(state["rng_state"])  # dropout continues exactly where it stopped
+        if "cuda_rng_state" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng_state"])
+    history = state["history"]
+    end = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
+
+    model.train()
+    for inputs, targets in batches(state["step"]) if state["step"] < end else ():
+        step = state["step"]
+        if len(inputs) % world_size:
+            raise ValueError(f"a batch of {len(inputs)} rows does not split into {world_size} equal shares")
+        lr = lr_at_step(step, total_steps, warmup_steps, peak_lr, min_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad()
+        share = len(inputs) // world_size  # rows per process: all of them for one process
+        rows = slice(rank * share, (rank + 1) * share)  # this process's rows of the batch
+        with autocast:
+            loss = calc_loss_batch(inputs[rows], targets[rows], model, device)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=max_grad_norm)
+        optimizer.step()
+        state["tokens_seen"] += inputs.numel()
+        state["step"] = step + 1
+        history["lrs"].append(lr)
+        history["batch_losses"].append(mean_across_ranks(loss, world_size))
+        evaluated = evaluate(step) if rank == 0 and evaluate is not None else None
+        if evaluated is not None:
+            for key, value in zip(("steps", "train_losses", "val_losses"), evaluated):
+                history[key].append(value)
+            history["tokens_seen"].append(state["tokens_seen"])
+        if on_step is not None:
+            on_step(state)
+        if state["step"] >= end:
+            break
+    state["rng_state"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        state["cuda_rng_state"] = torch.cuda.get_rng_state_all()
+    if world_size > 1:  # a checkpoint of rank 0's state resumes every process exactly
+        mine = {key: state[key] for key in ("rng_state", "cuda_rng_state") if key in state}
+        state["rank_rng_states"] = [None] * world_size
+        dist.all_gather_object(state["rank_rng_states"], mine)
+    return state
+
+
 def train_model(
     model: nn.Module,
-    train_loader,
-    val_loader,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     num_epochs: int,
@@ -1199,84 +1342,68 @@ def train_model(
     stop_at_step: int | None = None,
     verbose: bool = True,
     precision: str = "fp32",
+    on_step: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Train with warmup, cosine decay and gradient clipping; resumable from a returned ``state``.
+    """Train for ``num_epochs`` with warmup, cosine decay and clipping (``train_loop``); resumable ``state``.
 
-    ``precision="bf16"`` runs the forward pass and the loss under bfloat16 autocast. Under torchrun,
-    pass the model wrapped in DistributedDataParallel: each process trains on its equal share of the
-    rows of every batch, the logged batch loss is the mean over all processes, and rank 0 evaluates.
+    Each epoch iterates ``train_loader`` (its dataset, batch size, ``collate_fn``, workers and
+    ``drop_last``) in the order of ``EpochSampler`` for (seed, epoch) rather than its own sampler's:
+    ``shuffle=True`` draws from the global generator, an order a resumed run cannot replay (a loader
+    with a sampler of its own is refused, for the same reason). Every ``eval_freq`` steps rank 0
+    evaluates on ``eval_iter`` batches of each loader. After every step ``on_step(state)`` is called;
+    ``verbose`` prints each evaluation (``verbose=False`` and no ``on_step``: nothing is printed).
     """
-    dataset, batch_size, drop_last = train_loader.dataset, train_loader.batch_size, train_loader.drop_last
-    shuffle = not isinstance(train_loader.sampler, SequentialSampler)  # honour the loader's shuffle=...
-    steps_per_epoch = len(dataset) // batch_size if drop_last else -(-len(dataset) // batch_size)
-    total_steps = num_epochs * steps_per_epoch
+    loader = epoch_loader(train_loader, seed)
+    batch_size, n_items, steps_per_epoch = loader.batch_size, len(loader.dataset), len(loader)
     if steps_per_epoch == 0:
         raise ValueError("the training loader has no batches: use more text or a smaller batch or context")
-    rank, world_size = ddp_rank_and_size(model)  # (0, 1) without torchrun
-    if batch_size % world_size or (not drop_last and len(dataset) % batch_size % world_size):
+    _, world_size = ddp_rank_and_size(model)  # (0, 1) without torchrun
+    if batch_size % world_size or (not loader.drop_last and n_items % batch_size % world_size):
         raise ValueError(f"every batch must split into {world_size} equal shares (batch size, drop_last)")
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-    bf16 = precision == "bf16"
-    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    if state is None:
-        keys = ("steps", "train_losses", "val_losses", "tokens_seen", "lrs", "batch_losses")
-        history = {key: [] for key in keys}
-        state = {"step": 0, "seed": seed, "total_steps": total_steps, "tokens_seen": 0, "history": history}
-    else:
-        if (state["seed"], state["total_steps"]) != (seed, total_steps):
-            raise ValueError(
-                f"cannot resume: the checkpoint used seed {state['seed']} and "
-                f"{state['total_steps']} steps, this run {seed} and {total_steps}"
-            )
-        state = copy.deepcopy(state)
-        torch.set_rng_state(state["rng_state"])  # dropout continues exactly where it stopped
-        if "cuda_rng_state" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng_state"])
-    history, step, tokens_seen = state["history"], state["step"], state["tokens_seen"]
-    end = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
 
-    model.train()
-    for epoch in range(step // steps_per_epoch, num_epochs):
-        if step >= end:
-            break
-        batches = epoch_batches(dataset, batch_size, seed, epoch, drop_last, shuffle)
-        for i, (input_batch, target_batch) in enumerate(batches):
-            if epoch * steps_per_epoch + i < step:
-                continue  # batches this epoch already trained on before the checkpoint
-            if step >= end:
-                break
-            lr = lr_at_step(step, total_steps, warmup_steps, peak_lr, min_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad()
-            share = len(input_batch) // world_size  # rows per process: all of them for one process
-            rows = slice(rank * share, (rank + 1) * share)  # this process's rows of the batch
-            with autocast:
-                loss = calc_loss_batch(input_batch[rows], target_batch[rows], model, device)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=max_grad_norm)
-            optimizer.step()
-            tokens_seen += input_batch.numel()
-            history["lrs"].append(lr)
-            history["batch_losses"].append(mean_across_ranks(loss, world_size))
-            if rank == 0 and step % eval_freq == 0:
-                bare = getattr(model, "module", model)  # the model itself, outside DDP
-                train_loss, val_loss = evaluate_model(bare, train_loader, val_loader, device, eval_iter)
-                history["steps"].append(step)
-                history["train_losses"].append(train_loss)
-                history["val_losses"].append(val_loss)
-                history["tokens_seen"].append(tokens_seen)
-                if verbose:
-                    print(
-                        f"Ep {epoch + 1} (Step {step:06d}): lr {lr:.2e}, "
-                        f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}"
-                    )
-            step += 1
-    state.update(step=step, tokens_seen=tokens_seen, rng_state=torch.get_rng_state())
-    if torch.cuda.is_available():
-        state["cuda_rng_state"] = torch.cuda.get_rng_state_all()
-    return state
+    def batches(start: int):
+        """The batches from step ``start`` on: the rest of its epoch, then whole epochs."""
+        for epoch in range(start // steps_per_epoch, num_epochs):
+            done = max(0, start - epoch * steps_per_epoch)  # batches of this epoch trained on before
+            loader.sampler.set_epoch(epoch, skip=done * batch_size)
+            loader.generator.manual_seed(seed * 100_003 + epoch)
+            yield from loader
+
+    def evaluate(step: int) -> tuple[int, float, float] | None:
+        """Losses on ``eval_iter`` batches of each loader every ``eval_freq`` steps, recorded at ``step``."""
+        if step % eval_freq:
+            return None
+        bare = getattr(model, "module", model)  # the model itself, outside DDP
+        return step, *evaluate_model(bare, train_loader, val_loader, device, eval_iter)
+
+    def progress(state: dict) -> None:
+        """Print the evaluation made at this step (if ``verbose``), then call ``on_step``."""
+        history, step = state["history"], state["step"] - 1
+        if verbose and history["steps"] and history["steps"][-1] == step:
+            print(
+                f"Ep {step // steps_per_epoch + 1} (Step {step:06d}): lr {history['lrs'][-1]:.2e}, "
+                f"Train loss {history['train_losses'][-1]:.3f}, Val loss {history['val_losses'][-1]:.3f}"
+            )
+        if on_step is not None:
+            on_step(state)
+
+    return train_loop(
+        model,
+        optimizer,
+        batches,
+        device,
+        num_epochs * steps_per_epoch,
+        peak_lr=peak_lr,
+        min_lr=min_lr,
+        warmup_steps=warmup_steps,
+        max_grad_norm=max_grad_norm,
+        seed=seed,
+        state=state,
+        stop_at_step=stop_at_step,
+        evaluate=evaluate,
+        on_step=progress,
+        precision=precision,
+    )
 
 
 # Source: ch05_pretraining/base_model.ipynb, 1. Fifteen books, without their licence text
@@ -1453,69 +1580,45 @@ def pretrain_on_tokens(
     on_step: Callable[[dict], None] | None = None,
     precision: str = "fp32",
 ) -> dict:
-    """Train on random windows of a token array; resumable from a returned ``state`` (same losses).
+    """Train on random windows of a token array with ``train_loop``; resumable from a returned ``state``.
 
-    ``precision`` and a DistributedDataParallel ``model`` (under torchrun) work as in ``train_model``.
+    ``precision``, ``on_step`` and a DistributedDataParallel ``model`` work as in ``train_loop``.
     """
     bare = getattr(model, "module", model)  # the model itself, outside DDP
     ctx = bare.pos_emb.weight.shape[0]
     train_eval = fixed_windows(train_tokens, ctx, eval_windows)  # the same windows at every evaluation
     val_eval = fixed_windows(val_tokens, ctx, eval_windows)
-    rank, world_size = ddp_rank_and_size(model)  # (0, 1) without torchrun
-    if batch_size % world_size:
-        raise ValueError(f"a batch of {batch_size} rows does not split into {world_size} equal shares")
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-    bf16 = precision == "bf16"
-    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    if state is None:
-        keys = ("steps", "tokens_seen", "train_losses", "val_losses", "lrs", "batch_losses")
-        history = {key: [] for key in keys}
-        state = {"step": 0, "seed": seed, "total_steps": total_steps, "tokens_seen": 0, "history": history}
-    else:
-        if (state["seed"], state["total_steps"]) != (seed, total_steps):
-            raise ValueError(
-                f"cannot resume: the checkpoint used seed {state['seed']} and "
-                f"{state['total_steps']} steps, this run {seed} and {total_steps}"
-            )
-        state = copy.deepcopy(state)
-        torch.set_rng_state(state["rng_state"])  # dropout, if any, continues where it stopped
-        if "cuda_rng_state" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng_state"])
-    history = state["history"]
-    end = total_steps if stop_at_step is None else min(stop_at_step, total_steps)
-    share = batch_size // world_size  # rows per process: all of them for one process
-    rows = slice(rank * share, (rank + 1) * share)  # this process's rows of every batch
 
-    model.train()
-    while state["step"] < end:
-        step = state["step"]
-        batch_rng = torch.Generator().manual_seed(seed * 1_000_003 + step)  # batch fixed by (seed, step)
-        inputs, targets = sample_windows(train_tokens, batch_size, ctx, batch_rng)  # (b, T) each
-        lr = lr_at_step(step, total_steps, warmup_steps, peak_lr, min_lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad()
-        with autocast:
-            loss = calc_loss_batch(inputs[rows], targets[rows], model, device)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=max_grad_norm)
-        optimizer.step()
-        state["tokens_seen"] += inputs.numel()
-        state["step"] = step + 1
-        history["lrs"].append(lr)
-        history["batch_losses"].append(mean_across_ranks(loss, world_size))
-        if rank == 0 and (state["step"] % eval_every == 0 or state["step"] == total_steps):
-            history["steps"].append(state["step"])
-            history["tokens_seen"].append(state["tokens_seen"])
-            history["train_losses"].append(windows_loss(bare, train_eval, device))
-            history["val_losses"].append(windows_loss(bare, val_eval, device))
-        if on_step is not None:
-            on_step(state)
-    state["rng_state"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        state["cuda_rng_state"] = torch.cuda.get_rng_state_all()
-    return state
+    def batches(start: int):
+        """The batches of steps ``start``, ``start + 1``, ...: each one fixed by (seed, step)."""
+        for step in itertools.count(start):
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+            yield sample_windows(train_tokens, batch_size, ctx, generator)  # (b, T) each
+
+    def evaluate(step: int) -> tuple[int, float, float] | None:
+        """Losses on the fixed windows every ``eval_every`` steps and at the last, recorded as steps done."""
+        done = step + 1
+        if done % eval_every and done != total_steps:
+            return None
+        return done, windows_loss(bare, train_eval, device), windows_loss(bare, val_eval, device)
+
+    return train_loop(
+        model,
+        optimizer,
+        batches,
+        device,
+        total_steps,
+        peak_lr=peak_lr,
+        min_lr=min_lr,
+        warmup_steps=warmup_steps,
+        max_grad_norm=max_grad_norm,
+        seed=seed,
+        state=state,
+        stop_at_step=stop_at_step,
+        evaluate=evaluate,
+        on_step=on_step,
+        precision=precision,
+    )
 
 
 # Source: ch05_pretraining/base_model.ipynb, 9. One loader for every later chapter

@@ -1,4 +1,4 @@
-"""Shared fixtures: data files, the tokenizer, one tiny GPT configuration, and thread settings.
+"""Shared fixtures: data files, the tokenizer, one tiny GPT configuration, thread settings, a script runner.
 
 Tests import the course's code from the generated package (``from gpt_from_scratch.ch04 import
 GPTModel``), installed editable by ``scripts/install.sh``.
@@ -6,9 +6,14 @@ GPTModel``), installed editable by ``scripts/install.sh``.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -84,3 +89,90 @@ def books_folder(tiny_cfg) -> Callable[..., object]:
         return model
 
     return write
+
+
+@dataclass
+class ScriptRun:
+    """What one call of a script's ``main(argv)`` did: its exit code, stdout and stderr."""
+
+    code: int
+    out: str
+    err: str
+
+
+_SCRIPTS: dict[Path, ModuleType] = {}
+
+
+def load_script(path: str | os.PathLike) -> ModuleType:
+    """A script (e.g. ``ch06_classification/finetune.py``) imported as a module, once per test session."""
+    path = Path(path).resolve()
+    if path not in _SCRIPTS:
+        spec = importlib.util.spec_from_file_location(f"script_{path.parent.name}_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _SCRIPTS[path] = module
+    return _SCRIPTS[path]
+
+
+def _set_env(name: str, value: str | None) -> None:
+    """Set an environment variable, or remove it (None)."""
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+def run_script_main(
+    path: str | os.PathLike,
+    *args: str,
+    cwd: str | os.PathLike | None = None,
+    env: dict[str, str | None] | None = None,
+    check: bool = True,
+) -> ScriptRun:
+    """Call a script's ``main(list(args))`` in this process, as ``python path *args`` would run it.
+
+    stdout and stderr are captured; a ``SystemExit`` gives the exit code (a message: printed to
+    stderr, code 1, as Python does). ``cwd`` and ``env`` (None removes a variable) hold during the
+    call only, and so does PyTorch's number of threads. ``check`` asserts exit code 0.
+    """
+    import torch
+
+    main = load_script(path).main
+    out, err = io.StringIO(), io.StringIO()
+    saved_env = {name: os.environ.get(name) for name in env or {}}
+    saved_cwd, threads = os.getcwd(), torch.get_num_threads()
+    try:
+        for name, value in (env or {}).items():
+            _set_env(name, value)
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:
+                if isinstance(exc.code, str):
+                    print(exc.code, file=err)
+                    code = 1
+                else:
+                    code = exc.code or 0
+    finally:
+        os.chdir(saved_cwd)
+        torch.set_num_threads(threads)
+        for name, value in saved_env.items():
+            _set_env(name, value)
+    done = ScriptRun(code=code, out=out.getvalue(), err=err.getvalue())
+    if check:
+        assert done.code == 0, f"{Path(path).name} exited with {done.code}:\n{done.out}\n{done.err}"
+    return done
+
+
+@pytest.fixture(scope="session")
+def run_script() -> Callable[..., ScriptRun]:
+    """The in-process script runner: ``run_script(path, *args, cwd=..., env=..., check=True)``."""
+    return run_script_main
+
+
+@pytest.fixture(scope="session")
+def script_module() -> Callable[[str | os.PathLike], ModuleType]:
+    """``script_module(path)``: a script imported as a module (to call its functions in a test)."""
+    return load_script

@@ -96,17 +96,17 @@ RTOL = 1e-5  # losses: one process against two
 WEIGHT_ATOL = 1e-5  # weights: one process against two
 
 
-def train(*args: str, cwd: Path, processes: int = 1) -> str:
-    """Run train.py in one process, or in ``processes`` CPU processes under torchrun; its stdout."""
+def train(*args: str, cwd: Path, processes: int = 1, stderr: bool = False) -> str:
+    """Run train.py in one process, or in ``processes`` CPU processes (torchrun); stdout (and stderr)."""
     script = [str(TRAIN), *args]
     if processes > 1:  # --standalone: a rendezvous on a free local port
         script = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), *script]
-    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     done = subprocess.run(
         [sys.executable, *script], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, f"train.py failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
+    return done.stdout + (done.stderr if stderr else "")
 
 
 def extras(folder: Path) -> dict:
@@ -140,17 +140,17 @@ def assert_close_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
 def test_text_two_processes_follow_one_process(mirror, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     common = [*TEXT, *EVERY_2, "--drop-rate", "0", "--max-steps", "4"]  # no dropout: the same numbers
-    train(*common, "--checkpoint-dir", str(one), cwd=tmp_path)
-    out = train(*common, "--checkpoint-dir", str(two), cwd=tmp_path, processes=2)
+    train(*common, "--out-dir", str(one), cwd=tmp_path)
+    out = train(*common, "--out-dir", str(two), cwd=tmp_path, processes=2)
 
     assert "torchrun: 2 processes (gloo), each trains on 2 rows of a batch" in out
-    assert out.count("model tiny:") == 1 and out.count("sample:") == 1  # only rank 0 prints
+    assert out.count("model tiny:") == 1 and out.count("greedy sample:") == 1  # only rank 0 prints
     a, b = extras(one), extras(two)
     assert len(b["history"]["batch_losses"]) == 4 and b["history"]["steps"] == [0, 2]
     assert_same_run(a["history"], b["history"], RTOL)
     assert_close_weights(weights(one), weights(two), WEIGHT_ATOL)
-    # only rank 0 writes: one file, holding rank 0's random state (rank 1 draws from another seed)
-    assert sorted(os.listdir(two)) == ["last.pth"]
+    # only rank 0 writes, rank 0's random state and rank 1's (which draws from another seed)
+    assert sorted(os.listdir(two)) == ["history.json", "last.pth"]
     ranks = b["rank_rng_states"]
     assert len(ranks) == 2 and not torch.equal(ranks[0]["rng_state"], ranks[1]["rng_state"])
     assert torch.equal(b["rng_state"], ranks[0]["rng_state"])
@@ -160,8 +160,8 @@ def test_text_two_processes_follow_one_process(mirror, tmp_path):
 def test_text_two_processes_resume_exactly(mirror, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     common = [*TEXT, *EVERY_2, "--drop-rate", "0.1"]  # dropout: each process's random state matters
-    train(*common, "--max-steps", "4", "--checkpoint-dir", str(straight), cwd=tmp_path, processes=2)
-    train(*common, "--max-steps", "2", "--checkpoint-dir", str(split), cwd=tmp_path, processes=2)
+    train(*common, "--max-steps", "4", "--out-dir", str(straight), cwd=tmp_path, processes=2)
+    train(*common, "--max-steps", "2", "--out-dir", str(split), cwd=tmp_path, processes=2)
     planted = tmp_path / "planted"  # the same checkpoint without the other process's random state
     shutil.copytree(split, planted)
     checkpoint = torch.load(planted / "last.pth", map_location="cpu", weights_only=True)
@@ -169,12 +169,12 @@ def test_text_two_processes_resume_exactly(mirror, tmp_path):
     torch.save(checkpoint, planted / "last.pth")
 
     resume = ["--resume", "--max-steps", "4", *EVERY_2, "--threads", "1", "--device", "cpu"]
-    out = train(*resume, "--checkpoint-dir", str(split), cwd=tmp_path, processes=2)
+    out = train(*resume, "--out-dir", str(split), cwd=tmp_path, processes=2)
     assert out.count("resuming from step 2") == 1
     assert_same_run(extras(straight)["history"], extras(split)["history"], rtol=0)
     assert_close_weights(weights(straight), weights(split), atol=0)
 
-    out = train(*resume, "--checkpoint-dir", str(planted), cwd=tmp_path, processes=2)
+    out = train(*resume, "--out-dir", str(planted), cwd=tmp_path, processes=2, stderr=True)
     assert "dropout masks (if any) are not those of an uninterrupted run" in out
     losses = extras(planted)["history"]["batch_losses"]
     assert losses[:2] == extras(straight)["history"]["batch_losses"][:2]
@@ -184,9 +184,9 @@ def test_text_two_processes_resume_exactly(mirror, tmp_path):
 def test_books_two_processes_resume_like_one_process(mirror, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     every_2 = ["--eval-freq", "2", "--save-every", "2"]
-    train(*BOOKS, *every_2, "--checkpoint-dir", str(one), cwd=tmp_path)
-    train(*BOOKS, *every_2, "--max-steps", "3", "--checkpoint-dir", str(two), cwd=tmp_path, processes=2)
-    resume = ["--data", "books", "--resume", *every_2, "--checkpoint-dir", str(two)]
+    train(*BOOKS, *every_2, "--out-dir", str(one), cwd=tmp_path)
+    train(*BOOKS, *every_2, "--max-steps", "3", "--out-dir", str(two), cwd=tmp_path, processes=2)
+    resume = ["--data", "books", "--resume", *every_2, "--out-dir", str(two)]
     out = train(*resume, cwd=tmp_path, processes=2)
     assert out.count("resuming from step 3") == 1 and out.count("books model written to two") == 1
 
@@ -247,7 +247,7 @@ def test_bf16_supported_answers_for_each_device():
 def test_precision_auto_prints_its_choice_and_keeps_it(mirror, tmp_path):
     args = [a for a in TEXT if a not in ("--precision", "fp32", "--no-fast")]  # the defaults, in 2 processes
     out = train(
-        *args, "--precision", "auto", "--max-steps", "1", "--checkpoint-dir", "run", cwd=tmp_path, processes=2
+        *args, "--precision", "auto", "--max-steps", "1", "--out-dir", "run", cwd=tmp_path, processes=2
     )
     choice = "bf16" if bf16_supported("cpu") else "fp32"
     assert out.count(f"model class GPTModelFast, precision {choice} (auto:") == 1
@@ -258,7 +258,7 @@ def test_precision_auto_prints_its_choice_and_keeps_it(mirror, tmp_path):
 
 def test_fast_by_default_and_checkpoints_load_into_both_classes(mirror, tmp_path):
     args = [a for a in TEXT if a != "--no-fast"]
-    out = train(*args, "--max-steps", "1", "--checkpoint-dir", "fast", cwd=tmp_path)
+    out = train(*args, "--max-steps", "1", "--out-dir", "fast", cwd=tmp_path)
     assert "model class GPTModelFast" in out
     fast = tmp_path / "fast" / "last.pth"
     cfg = extras(tmp_path / "fast")["cfg"]

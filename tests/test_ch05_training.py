@@ -12,15 +12,16 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gpt_from_scratch.ch04 import GPTModel, generate_text_simple
 from gpt_from_scratch.ch05 import (
+    EpochSampler,
     calc_loss_batch,
     calc_loss_loader,
-    epoch_batches,
     generate,
     load_checkpoint,
     lr_at_step,
     save_checkpoint,
     text_to_token_ids,
     token_ids_to_text,
+    train_loop,
     train_model,
     train_model_simple,
 )
@@ -268,15 +269,22 @@ def test_lr_at_step_warmup_and_cosine_endpoints():
         lr(0, 10, 11, peak, low)
 
 
-def test_epoch_batches_order_depends_only_on_seed_and_epoch():
-    ds = random_loader(n=10).dataset
-    first = [x for x, _ in epoch_batches(ds, 3, seed=5, epoch=2)]
+def test_epoch_sampler_order_depends_only_on_seed_and_epoch():
+    sampler = EpochSampler(10, seed=5)
+    sampler.set_epoch(2)
+    first = list(sampler)
     torch.manual_seed(999)  # the global RNG must not matter
-    again = [x for x, _ in epoch_batches(ds, 3, seed=5, epoch=2)]
-    other = [x for x, _ in epoch_batches(ds, 3, seed=5, epoch=3)]
-    assert len(first) == 3 and all(torch.equal(a, b) for a, b in zip(first, again))
-    assert not all(torch.equal(a, b) for a, b in zip(first, other))
-    assert len(list(epoch_batches(ds, 3, 5, 0, drop_last=False))) == 4
+    assert list(sampler) == first and sorted(first) == list(range(10))
+    # the order chapter 5 has always used: a randperm seeded by (seed, epoch)
+    assert first == torch.randperm(10, generator=torch.Generator().manual_seed(5 * 100_003 + 2)).tolist()
+    sampler.set_epoch(3)
+    assert list(sampler) != first
+    sampler.set_epoch(2, skip=4)  # a resumed epoch: the same order, without what was trained on
+    assert list(sampler) == first[4:] and len(sampler) == 6
+    in_order = EpochSampler(10, seed=5, shuffle=False)
+    assert list(in_order) == list(range(10))
+    loader = DataLoader(TensorDataset(torch.arange(10)), batch_size=3, sampler=in_order)
+    assert len(list(loader)) == 4  # drop_last=False keeps the short last batch
 
 
 def _train(small_cfg, loader, **kwargs):
@@ -338,3 +346,103 @@ def test_resume_with_a_different_run_length_is_refused(small_cfg):
     state = train_model(model, loader, loader, optimizer, "cpu", stop_at_step=2, **args)
     with pytest.raises(ValueError, match="cannot resume"):
         train_model(model, loader, loader, optimizer, "cpu", state=state, **{**args, "num_epochs": 4})
+
+
+# --- train_model iterates its DataLoader; progress through on_step --------------------------------
+
+
+def indexed_loader(n: int = 10, t: int = 16, collate_fn=None, **kwargs) -> DataLoader:
+    """A loader whose row i is filled with token i: a batch shows which rows it holds."""
+    rows = torch.arange(n).repeat_interleave(t + 1).view(n, t + 1)  # (n, T + 1)
+    ds = TensorDataset(rows[:, :-1], rows[:, 1:])
+    return DataLoader(ds, batch_size=2, shuffle=True, drop_last=True, collate_fn=collate_fn, **kwargs)
+
+
+def test_train_model_iterates_its_loader_with_its_collate_fn(small_cfg):
+    seen = []
+
+    def collate(pairs):  # records the rows of each batch, and sets every target to token 0
+        inputs = torch.stack([p[0] for p in pairs])
+        if torch.is_grad_enabled():  # a training batch (evaluations read the loader under no_grad)
+            seen.append(inputs[:, 0].tolist())
+        return inputs, torch.zeros_like(inputs)
+
+    loader = indexed_loader(collate_fn=collate)
+    model, optimizer, args = _train(small_cfg, loader)
+    args.update(eval_freq=1000, eval_iter=1, peak_lr=1e-2, min_lr=1e-2, warmup_steps=0)
+    state = train_model(model, loader, indexed_loader(), optimizer, "cpu", **args)
+    assert state["step"] == 15
+    orders = []
+    for epoch in range(3):  # the batches are EpochSampler's, epoch after epoch
+        sampler = EpochSampler(10, seed=7)
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        orders += [order[i : i + 2] for i in range(0, 10, 2)]
+    assert seen == orders
+    model.eval()
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.randint(0, VOCAB, (2, 16))), dim=-1)  # (2, 16, V)
+    assert probs[..., 0].mean() > 0.9  # it learned the collate_fn's targets
+
+
+def test_train_model_refuses_a_loader_whose_order_it_cannot_replay(small_cfg):
+    ds = indexed_loader().dataset
+    model, optimizer, args = _train(small_cfg, None)
+    for loader in (
+        DataLoader(ds, batch_size=2, sampler=[3, 1, 2]),
+        DataLoader(ds, batch_sampler=[[0, 1], [2, 3]]),
+        DataLoader(ds, batch_size=2, sampler=torch.utils.data.RandomSampler(ds, replacement=True)),
+    ):
+        with pytest.raises(ValueError, match="resumed run"):
+            train_model(model, loader, loader, optimizer, "cpu", **args)
+
+
+def test_train_model_with_workers_gives_the_same_run(small_cfg):
+    runs = []
+    for workers in (0, 1):
+        loader = indexed_loader(num_workers=workers)
+        model, optimizer, args = _train(small_cfg, loader)
+        torch.manual_seed(3)
+        runs.append(train_model(model, loader, loader, optimizer, "cpu", stop_at_step=6, **args))
+    assert runs[0]["history"] == runs[1]["history"]
+
+
+def test_train_model_progress_goes_through_on_step(small_cfg, capsys):
+    loader = random_loader(n=10)
+    model, optimizer, args = _train(small_cfg, loader)
+    steps = []
+    train_model(
+        model,
+        loader,
+        loader,
+        optimizer,
+        "cpu",
+        stop_at_step=7,
+        on_step=lambda s: steps.append(s["step"]),
+        **args,
+    )
+    assert steps == list(range(1, 8)) and capsys.readouterr().out == ""  # verbose=False: silent
+    args["verbose"] = True
+    train_model(model, loader, loader, optimizer, "cpu", stop_at_step=4, **args)
+    lines = capsys.readouterr().out.splitlines()
+    assert (
+        len(lines) == 2
+        and lines[0].startswith("Ep 1 (Step 000000): lr ")
+        and "Ep 1 (Step 000003)" in lines[1]
+    )
+
+
+def test_train_loop_takes_any_batch_source(small_cfg):
+    model = tiny_model(small_cfg)
+    optimizer = torch.optim.AdamW(model.parameters())
+    batch = torch.randint(0, VOCAB, (2, 17))
+
+    def batches(start: int):
+        for _ in range(start, 100):
+            yield batch[:, :-1], batch[:, 1:]
+
+    evaluate = lambda step: (step, 0.0, 1.0) if step % 2 else None
+    state = train_loop(model, optimizer, batches, "cpu", 5, peak_lr=1e-3, evaluate=evaluate, stop_at_step=3)
+    state = train_loop(model, optimizer, batches, "cpu", 5, peak_lr=1e-3, evaluate=evaluate, state=state)
+    assert state["step"] == 5 and state["history"]["steps"] == [1, 3] and state["tokens_seen"] == 5 * 32
+    assert state["history"]["batch_losses"][-1] < state["history"]["batch_losses"][0]

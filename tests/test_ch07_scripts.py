@@ -1,4 +1,4 @@
-"""Chapter 7 scripts end to end on a tiny books-format base model: finetune.py, then evaluate.py.
+"""Chapter 7 scripts in process on a tiny books-format base model: finetune.py, then evaluate.py.
 
 The judge is a stub Ollama/OpenAI-compatible server on 127.0.0.1 (from test_ch07_judge.py); no
 real model server and no network are needed.
@@ -6,11 +6,7 @@ real model server and no network are needed.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,42 +17,12 @@ from gpt_from_scratch.ch04 import GPT_CONFIG_124M, GPTModel
 from gpt_from_scratch.ch05 import load_checkpoint
 from shared.runtime import REPO_ROOT
 
-ROOT = REPO_ROOT
-FINETUNE = ROOT / "ch07_instruction" / "finetune.py"
-EVALUATE = ROOT / "ch07_instruction" / "evaluate.py"
+FINETUNE = REPO_ROOT / "ch07_instruction" / "finetune.py"
+EVALUATE = REPO_ROOT / "ch07_instruction" / "evaluate.py"
 TINY = {**GPT_CONFIG_124M, "context_length": 96, "emb_dim": 32, "n_heads": 2, "n_layers": 1, "drop_rate": 0.0}
-
-
-def run(script: Path, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a script with this Python (environment inherited, COURSE_DATA_MIRROR included)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COURSE_JUDGE")}  # no judge set-up
-    env.update(PYTHONHASHSEED="0", OMP_NUM_THREADS="1")  # tiny models: one thread is faster on a busy machine
-    done = subprocess.run(
-        [sys.executable, str(script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
-    )
-    if check:
-        assert done.returncode == 0, f"{script.name} failed:\n{done.stdout}\n{done.stderr}"
-    return done
-
-
-@pytest.fixture
-def evaluate(monkeypatch, capsys):
-    """Run evaluate.py's main() in this process (faster than a new Python): (exit code, stdout)."""
-    spec = importlib.util.spec_from_file_location("ch07_evaluate", EVALUATE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    for name in ("COURSE_JUDGE_API", "COURSE_JUDGE_URL", "COURSE_JUDGE_MODEL", "COURSE_JUDGE_API_KEY"):
-        monkeypatch.delenv(name, raising=False)
-
-    def call(*args: str) -> tuple[int | str, str]:
-        capsys.readouterr()
-        try:
-            code = module.main(list(args))
-        except SystemExit as exc:  # argument and input errors: the message is the exit "code"
-            code = exc.code
-        return code, capsys.readouterr().out
-
-    return call
+NO_JUDGE_ENV = dict.fromkeys(
+    ("COURSE_JUDGE_API", "COURSE_JUDGE_URL", "COURSE_JUDGE_MODEL", "COURSE_JUDGE_API_KEY")
+)
 
 
 def tiny_data(path: Path, n: int = 40) -> Path:
@@ -69,20 +35,39 @@ def tiny_data(path: Path, n: int = 40) -> Path:
     return path
 
 
+def evaluate(run_script, *args: str) -> tuple[int, str, str]:
+    """evaluate.py's (exit code, stdout, stderr), without any judge set in the environment."""
+    done = run_script(EVALUATE, *args, env=NO_JUDGE_ENV, check=False)
+    return done.code, done.out, done.err
+
+
 @pytest.fixture(scope="module")
-def finetuned(tmp_path_factory, books_folder):
-    """One finetuning run shared by the tests below: its output folder."""
+def finetuned(tmp_path_factory, books_folder, run_script):
+    """One finetuning run shared by the tests below: its output folder and its stdout + stderr."""
     tmp = tmp_path_factory.mktemp("ch07")
     books = tmp / "books"
     books_folder(books, TINY, tokens_seen=0, books=["none: a test model"])
     out = tmp / "run"
     data = tiny_data(tmp / "data.json")
-    done = run(
+    done = run_script(
         FINETUNE, "--data", str(data), "--weights", "books", "--books-dir", str(books),
         "--epochs", "2", "--batch-size", "4", "--eval-freq", "4", "--eval-iter", "1", "--max-new-tokens", "4",
-        "--max-length", "64", "--base-responses", "--device", "cpu", "--out-dir", str(out), cwd=tmp,
+        "--max-length", "64", "--base-responses", "--device", "cpu", "--threads", "1", "--out-dir", str(out),
+        env={"COURSE_QUICK": "0"},  # the whole tiny file and two epochs, also where the tests run quick
     )  # fmt: skip
-    return out, done.stdout + done.stderr
+    return out, done.out + done.err
+
+
+@pytest.fixture(scope="module")
+def responses(tmp_path_factory) -> Path:
+    """A folder with responses-base.json and responses.json, 4 entries each, as finetune.py writes them."""
+    folder = tmp_path_factory.mktemp("responses")
+    entries = json.loads(tiny_data(folder / "data.json", n=4).read_text(encoding="utf-8"))
+    base = [{**e, "model_response": "no idea"} for e in entries]
+    tuned = [{**e, "model_response": e["output"] if i < 3 else "1."} for i, e in enumerate(entries)]
+    for name, rows in (("responses-base.json", base), ("responses.json", tuned)):
+        (folder / name).write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    return folder
 
 
 def test_finetune_writes_checkpoints_responses_and_log(finetuned):
@@ -95,10 +80,16 @@ def test_finetune_writes_checkpoints_responses_and_log(finetuned):
     model = GPTModel(TINY)
     extra = load_checkpoint(out / "model.pth", model)
     assert extra["cfg"] == TINY and extra["epochs"] == 2 and len(extra["history"]["val_losses"]) >= 2
+    assert extra["args"]["out_dir"] == str(out)
     responses = json.loads((out / "responses.json").read_text(encoding="utf-8"))
     assert len(responses) == 4 and all(isinstance(r["model_response"], str) for r in responses)
     train_log = json.loads((out / "train_log.json").read_text(encoding="utf-8"))
-    assert train_log["steps"] == 2 * (34 // 4)
+    assert train_log["steps"] == 2 * (34 // 4) and len(train_log["val_losses"]) == 16 // 4  # every 4 steps
+
+
+def test_finetune_prints_no_training_lines_of_its_own(finetuned):
+    _, log = finetuned
+    assert "Ep 1 (Step" not in log  # the training core is quiet (verbose=False); the bar shows the losses
 
 
 def test_finetuned_weights_differ_from_epoch_one(finetuned):
@@ -109,14 +100,15 @@ def test_finetuned_weights_differ_from_epoch_one(finetuned):
     assert not torch.equal(first.trf_blocks[0].att.W_query.weight, last.trf_blocks[0].att.W_query.weight)
 
 
-def test_finetune_with_lora_saves_a_merged_model(tmp_path, books_folder):
+def test_finetune_with_lora_saves_a_merged_model(tmp_path, books_folder, run_script):
     books = tmp_path / "books"
     books_folder(books, TINY, tokens_seen=0, books=["none: a test model"])
     data = tiny_data(tmp_path / "data.json", n=20)
-    done = run(FINETUNE, "--data", str(data), "--weights", "books", "--books-dir", str(books),
-               "--epochs", "1", "--batch-size", "4", "--lora-rank", "2", "--no-responses", "--device", "cpu",
-               "--out-dir", str(tmp_path / "lora"), cwd=tmp_path)  # fmt: skip
-    assert "LoRA rank 2:" in done.stdout
+    done = run_script(FINETUNE, "--data", str(data), "--weights", "books", "--books-dir", str(books),
+                      "--epochs", "1", "--batch-size", "4", "--lora-rank", "2", "--no-responses",
+                      "--device", "cpu", "--threads", "1", "--out-dir", str(tmp_path / "lora"),
+                      env={"COURSE_QUICK": "0"})  # fmt: skip
+    assert "LoRA rank 2:" in done.out
     merged, base = GPTModel(TINY), GPTModel(TINY)
     extra = load_checkpoint(tmp_path / "lora" / "model.pth", merged)  # plain GPTModel names: merged
     assert extra["args"]["lora_rank"] == 2
@@ -127,29 +119,57 @@ def test_finetune_with_lora_saves_a_merged_model(tmp_path, books_folder):
     assert not torch.equal(merged.out_head.weight, base.out_head.weight)  # linear layers got the update
 
 
-def test_evaluate_metrics_only(finetuned, tmp_path):
-    out, _ = finetuned
+def test_default_folders_and_quick_mode(tmp_path, monkeypatch, script_module):
+    monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(tmp_path))
+    monkeypatch.delenv("COURSE_QUICK", raising=False)
+    parse = script_module(FINETUNE).parse_args
+    args = parse([])
+    assert (args.out_dir, args.books_dir, args.weights, args.size) == (
+        tmp_path / "ch07",
+        tmp_path / "books",
+        "auto",
+        "355M",
+    )
+    assert (args.limit, args.epochs, args.max_new_tokens) == (None, 2, 64)
+    args = parse(["--quick"])
+    assert (args.out_dir, args.books_dir, args.weights) == (
+        tmp_path / "ch07-quick",
+        tmp_path / "books-quick",
+        "books",
+    )
+    assert (args.limit, args.epochs, args.max_new_tokens) == (40, 1, 16)
+    assert parse(["--quick", "--limit", "8", "--weights", "gpt2"]).limit == 8
+
+
+def test_evaluate_metrics_only(responses, tmp_path, run_script):
     report_dir = tmp_path / "report"
-    done = run(EVALUATE, str(out / "responses-base.json"), str(out / "responses.json"), "--no-judge",
-               "--out-dir", str(report_dir), cwd=tmp_path)  # fmt: skip
-    assert "token_f1" in done.stdout
+    files = [str(responses / "responses-base.json"), str(responses / "responses.json")]
+    code, out, _ = evaluate(run_script, *files, "--no-judge", "--out-dir", str(report_dir))
+    assert code == 0 and "token_f1" in out
     summary = json.loads((report_dir / "summary.json").read_text(encoding="utf-8"))
     assert [row["file"] for row in summary] == ["responses-base.json", "responses.json"]
+    assert [row["exact_match"] for row in summary] == [0.0, 0.75]  # the last tuned response is wrong
     assert all(0.0 <= row["rouge_l"] <= 1.0 for row in summary)
     report = (report_dir / "report.md").read_text(encoding="utf-8")
     assert "## Means per file" in report and "No LLM judge was used." in report
     assert (report_dir / "scores.csv").read_text(encoding="utf-8").count("\n") == 1 + 2 * 4
 
 
-def test_evaluate_with_a_stub_judge(finetuned, tmp_path, evaluate):
-    out, _ = finetuned
+def test_evaluate_writes_next_to_the_first_file_by_default(responses, tmp_path, run_script):
+    copy = tmp_path / "responses.json"
+    copy.write_text((responses / "responses.json").read_text(encoding="utf-8"), encoding="utf-8")
+    code, _, _ = evaluate(run_script, str(copy), "--no-judge")
+    assert code == 0 and (tmp_path / "report.md").is_file() and (tmp_path / "scores.csv").is_file()
+
+
+def test_evaluate_with_a_stub_judge(responses, tmp_path, run_script):
     server = StubServer([(200, {"data": [{"id": "stub"}]}, 0.0), openai_reply("Score: 40"),
                          openai_reply("no idea"), openai_reply("no idea"), openai_reply("90/100"),
                          openai_reply("70")])  # fmt: skip
     try:
-        code, stdout = evaluate(str(out / "responses.json"), "--no-metrics", "--judge-api", "openai",
-                                "--judge-url", server.url + "/v1", "--judge-model", "stub", "--retries", "1",
-                                "--out-dir", str(tmp_path))  # fmt: skip
+        judge = ["--judge-api", "openai", "--judge-url", server.url + "/v1", "--judge-model", "stub"]
+        code, stdout, _ = evaluate(run_script, str(responses / "responses.json"), "--no-metrics", *judge,
+                                   "--retries", "1", "--out-dir", str(tmp_path))  # fmt: skip
     finally:
         server.close()
     assert code == 0 and "LLM judge: stub" in stdout
@@ -164,21 +184,21 @@ def test_evaluate_with_a_stub_judge(finetuned, tmp_path, evaluate):
     assert [r["path"] for r in server.requests].count("/v1/chat/completions") == 5
 
 
-def test_evaluate_without_a_judge_server(finetuned, tmp_path, evaluate):
-    out, _ = finetuned
+def test_evaluate_without_a_judge_server(responses, tmp_path, run_script):
     url = f"http://127.0.0.1:{free_port()}"
-    code, stdout = evaluate(str(out / "responses.json"), "--judge-url", url, "--out-dir", str(tmp_path))
+    file = str(responses / "responses.json")
+    code, stdout, _ = evaluate(run_script, file, "--judge-url", url, "--out-dir", str(tmp_path))
     assert code == 0 and stdout.count("No LLM judge") == 1 and "ollama serve" in stdout
     assert "Continuing with the offline metrics only." in stdout and (tmp_path / "report.md").is_file()
-    code, stdout = evaluate(str(out / "responses.json"), "--no-metrics", "--judge-url", url)
+    code, stdout, _ = evaluate(run_script, file, "--no-metrics", "--judge-url", url)
     assert code == 2 and "No LLM judge" in stdout
 
 
-def test_evaluate_ollama_judge_end_to_end(finetuned, tmp_path, evaluate):
-    out, _ = finetuned
+def test_evaluate_ollama_judge_end_to_end(responses, tmp_path, run_script):
     server = StubServer([(200, {"models": [{"name": "llama3.2:latest"}]}, 0.0), ollama_reply("85")])
     try:
-        code, _ = evaluate(str(out / "responses.json"), "--judge-url", server.url, "--out-dir", str(tmp_path))
+        code, _, _ = evaluate(run_script, str(responses / "responses.json"), "--judge-url", server.url,
+                              "--out-dir", str(tmp_path))  # fmt: skip
     finally:
         server.close()
     assert code == 0
@@ -187,26 +207,30 @@ def test_evaluate_ollama_judge_end_to_end(finetuned, tmp_path, evaluate):
     assert server.requests[1]["json"]["model"] == "llama3.2"
 
 
-def test_bad_input_files_fail_clearly(tmp_path, evaluate):
+def test_bad_input_files_fail_clearly(tmp_path, run_script):
     broken = tmp_path / "broken.json"
     broken.write_text('[{"instruction": "a", "input": "", "output": "b",}]', encoding="utf-8")
-    code, _ = evaluate(str(broken), "--no-judge")
-    assert "broken.json: malformed JSON at line 1, column 50" in code
-    code, _ = evaluate(str(tiny_data(tmp_path / "plain.json", n=3)), "--no-judge")
-    assert "entry 0 has no key 'model_response'" in code
-    code, _ = evaluate(str(tmp_path / "missing.json"), "--no-judge")
-    assert "no such file" in code
-    done = run(FINETUNE, "--data", str(broken), "--out-dir", str(tmp_path / "x"), cwd=tmp_path, check=False)
-    assert done.returncode != 0 and "malformed JSON" in done.stderr
+    code, _, err = evaluate(run_script, str(broken), "--no-judge")
+    assert code == 1 and "broken.json: malformed JSON at line 1, column 50" in err
+    code, _, err = evaluate(run_script, str(tiny_data(tmp_path / "plain.json", n=3)), "--no-judge")
+    assert code == 1 and "entry 0 has no key 'model_response'" in err
+    code, _, err = evaluate(run_script, str(tmp_path / "missing.json"), "--no-judge")
+    assert code == 1 and "no such file" in err
+    done = run_script(FINETUNE, "--data", str(broken), "--out-dir", str(tmp_path / "x"), check=False)
+    assert done.code == 1 and "malformed JSON" in done.err
 
 
-def test_finetune_without_base_model_fails_clearly(tmp_path):
-    done = run(FINETUNE, "--data", str(tiny_data(tmp_path / "d.json")), "--weights", "books",
-               "--books-dir", str(tmp_path / "nothing"), "--out-dir", str(tmp_path / "x"), cwd=tmp_path,
-               check=False)  # fmt: skip
-    assert done.returncode != 0 and "no base model" in done.stderr
+def test_finetune_without_base_model_fails_clearly(tmp_path, run_script):
+    done = run_script(FINETUNE, "--data", str(tiny_data(tmp_path / "d.json")), "--weights", "books",
+                      "--books-dir", str(tmp_path / "nothing"), "--out-dir", str(tmp_path / "x"),
+                      "--device", "cpu", check=False)  # fmt: skip
+    assert done.code == 1 and "no base model" in done.err
 
 
 @pytest.mark.parametrize("script", [FINETUNE, EVALUATE])
-def test_scripts_have_help(script, tmp_path):
-    assert "usage" in run(script, "--help", cwd=tmp_path).stdout
+def test_help_shows_the_examples(script, run_script):
+    out = run_script(script, "--help").out
+    assert out.startswith(f"usage: ch07_instruction/{script.name}")
+    assert (
+        f"    python ch07_instruction/{script.name} " in out
+    )  # the docstring's examples, indented as written

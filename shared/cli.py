@@ -1,0 +1,250 @@
+"""One argument parser for the course's scripts: the script's docstring in ``--help``, the common flags.
+
+A script builds its parser with ``script_parser(__doc__, __file__, ...)``, asking for the common
+flags it needs; each has one name, one meaning and one help text in every script:
+
+* ``--device``: ``auto`` (CUDA, else MPS, else CPU, or ``COURSE_DEVICE``), ``cpu``, ``cuda[:N]``, ``mps``;
+* ``--seed``: the seed of Python's, NumPy's and PyTorch's random numbers;
+* ``--threads``: PyTorch's CPU threads;
+* ``--out-dir``: the folder the script writes into, by default under ``checkpoints/`` (``checkpoint_dir``);
+* ``--weights auto|gpt2|books``, ``--size``, ``--books-dir``: the base model of ``load_base_model``;
+* ``--quick``: quick mode for this run, as ``COURSE_QUICK=1``.
+
+Default folders go through ``shared.runtime.checkpoint_dir`` once the arguments are parsed (so
+``--quick`` and ``COURSE_CHECKPOINT_DIR`` count): ``args.out_dir`` and ``args.books_dir`` are
+``Path`` objects after ``parse_args``. ``setup_runtime(args)`` then applies ``--threads`` and
+``--seed`` and returns the ``torch.device`` of ``--device``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from shared.runtime import REPO_ROOT, checkpoint_dir, get_device, is_quick, set_seed
+
+DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+WEIGHTS_CHOICES = ("auto", "gpt2", "books")
+BOOKS_MODEL_DIR = "books"  # checkpoint_dir's name of the course's books model (train.py --data books)
+# A folder default: a name for checkpoint_dir, or a function of the parsed arguments that returns one
+DirDefault = str | Callable[[argparse.Namespace], str]
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description (the script's docstring) as written; each flag's default after its help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        """The help text, with ``(default: ...)`` added unless the text already names its default."""
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        shown = action.option_strings and not unset  # 0 and 0.0 are shown: they are values
+        if shown and "default" not in text and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+class ScriptParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that fills default folders through ``checkpoint_dir`` after parsing."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        """As ``argparse.ArgumentParser``; ``default_dirs`` maps a folder's destination to its default."""
+        super().__init__(*args, **kwargs)
+        self.default_dirs: dict[str, DirDefault | None] = {}
+
+    def parse_known_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """Parse, then set ``quick`` (``--quick`` or ``COURSE_QUICK``) and the folders left at None."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        if hasattr(parsed, "quick"):
+            parsed.quick = bool(parsed.quick) or is_quick()
+        quick = bool(getattr(parsed, "quick", False))
+        for dest, name in self.default_dirs.items():
+            value = getattr(parsed, dest, None)
+            if value is not None:
+                setattr(parsed, dest, Path(value))
+            elif name is not None:
+                setattr(parsed, dest, course_dir(name(parsed) if callable(name) else name, quick=quick))
+        return parsed, extras
+
+
+def course_dir(name: str, quick: bool = False) -> Path:
+    """``checkpoint_dir(name)``; for a quick run (``--quick``) the quick folder, ``<name>-quick``."""
+    return checkpoint_dir(f"{name}-quick" if quick and not is_quick() else name)
+
+
+def script_prog(script: str | os.PathLike) -> str:
+    """A script's name in ``usage:``: its path from the repository root (``ch05_pretraining/train.py``)."""
+    path = Path(script).resolve()
+    try:
+        return path.relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return path.name
+
+
+def script_parser(
+    doc: str,
+    script: str | os.PathLike | None = None,
+    *,
+    device: bool = False,
+    seed: int | None = None,
+    threads: bool = False,
+    out_dir: DirDefault | None = None,
+    base_model: str | None = None,
+    quick: str | None = None,
+) -> ScriptParser:
+    """A parser whose ``--help`` shows ``doc`` as written (examples included), with common flags on request.
+
+    ``script`` is the script's ``__file__`` (for ``usage:``); ``seed`` is the default of ``--seed``;
+    ``out_dir`` the ``checkpoint_dir`` name of ``--out-dir``'s default (or a function of the parsed
+    arguments that returns it); ``base_model`` the default GPT-2 size of ``--weights``, ``--size`` and
+    ``--books-dir``; ``quick`` says what ``--quick`` shrinks. Flags with more to say are added with
+    ``add_seed``, ``add_out_dir``, ... directly.
+    """
+    parser = ScriptParser(
+        prog=script_prog(script) if script is not None else None,
+        description=doc.strip(),
+        formatter_class=HelpFormatter,
+    )
+    if device:
+        add_device(parser)
+    if seed is not None:
+        add_seed(parser, default=seed)
+    if threads:
+        add_threads(parser)
+    if out_dir is not None:
+        add_out_dir(parser, out_dir)
+    if base_model is not None:
+        add_base_model(parser, size=base_model)
+    if quick is not None:
+        add_quick(parser, quick)
+    return parser
+
+
+def device_name(value: str) -> str:
+    """``--device``'s check: ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N``."""
+    if not DEVICE_RE.match(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
+    return value
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """``--device``: where the model runs."""
+    parser.add_argument(
+        "--device",
+        type=device_name,
+        default="auto",
+        metavar="{auto,cpu,cuda,cuda:N,mps}",
+        help="where the model runs; auto: $COURSE_DEVICE if set, else CUDA, else MPS, else the CPU",
+    )
+
+
+def add_seed(parser: argparse.ArgumentParser, default: int = 123, detail: str = "") -> None:
+    """``--seed``: the seed of the random numbers; ``detail`` says what it decides in this script."""
+    text = "seed of Python's, NumPy's and PyTorch's random numbers"
+    parser.add_argument("--seed", type=int, default=default, help=f"{text}{detail}")
+
+
+def positive_int(value: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer of at least 1, got {value}")
+    return number
+
+
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    """``--threads``: PyTorch's CPU threads."""
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="CPU threads PyTorch may use (torch.set_num_threads; default: PyTorch's choice, one per core)",
+    )
+
+
+def add_out_dir(
+    parser: ScriptParser, name: DirDefault | None, what: str = "its results", default_help: str | None = None
+) -> None:
+    """``--out-dir``: the folder the script writes ``what`` into, by default ``checkpoint_dir(name)``.
+
+    ``name`` may be a function of the parsed arguments (its ``default_help`` then says what it picks);
+    with ``name=None`` the script chooses the default itself and ``default_help`` describes it.
+    """
+    if default_help is None:
+        if not isinstance(name, str):
+            raise ValueError("add_out_dir: give default_help when the default is not one folder name")
+        default_help = f"checkpoints/{name}"
+    parser.default_dirs["out_dir"] = name  # a given folder becomes a Path; None: no default folder
+    if name is not None:
+        default_help += "; -quick appended in quick mode, and $COURSE_CHECKPOINT_DIR replaces checkpoints/"
+    parser.add_argument(
+        "--out-dir", default=None, metavar="DIR", help=f"folder for {what} (default: {default_help})"
+    )
+
+
+def add_base_model(parser: ScriptParser, size: str = "124M") -> None:
+    """``--weights``, ``--size`` and ``--books-dir``: the base model that ``load_base_model`` loads."""
+    from shared.registry import GPT2_SIZES
+
+    parser.add_argument(
+        "--weights",
+        choices=WEIGHTS_CHOICES,
+        default="auto",
+        help="base model: OpenAI's GPT-2 (gpt2), the course's books model (books), or auto: GPT-2 if its "
+        "weights can be loaded, else the books model ($COURSE_BASE_WEIGHTS may fix auto's choice)",
+    )
+    parser.add_argument(
+        "--size",
+        choices=GPT2_SIZES,
+        default=size,
+        help="GPT-2 size, when GPT-2 weights are used",
+    )
+    parser.default_dirs["books_dir"] = BOOKS_MODEL_DIR
+    parser.add_argument(
+        "--books-dir",
+        default=None,
+        metavar="DIR",
+        help=f"folder of the books model, written by train.py --data books (default: checkpoints/"
+        f"{BOOKS_MODEL_DIR}, or {BOOKS_MODEL_DIR}-quick in quick mode)",
+    )
+
+
+def add_quick(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--quick``: quick mode for this run (``what`` it shrinks), as ``COURSE_QUICK=1``."""
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"quick mode, as COURSE_QUICK=1: {what}; default folders get -quick",
+    )
+
+
+def base_weights(args: argparse.Namespace) -> str | None:
+    """``--weights`` as ``load_base_model`` takes it: None for auto, else ``gpt2`` or ``books``."""
+    return None if args.weights == "auto" else args.weights
+
+
+def plain_args(args: argparse.Namespace) -> dict:
+    """The parsed arguments as plain values (folders as strings), for checkpoints and JSON logs."""
+    return {name: str(value) if isinstance(value, Path) else value for name, value in vars(args).items()}
+
+
+def setup_runtime(args: argparse.Namespace) -> torch.device:
+    """Apply ``--threads`` and ``--seed`` (where the parser has them); return ``--device``'s device."""
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    if getattr(args, "seed", None) is not None:
+        set_seed(args.seed)
+    choice = getattr(args, "device", "auto")
+    device = get_device(None if choice in (None, "auto") else choice)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {choice}: PyTorch sees no CUDA GPU here (use --device cpu)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SystemExit(f"error: --device {choice}: Apple's MPS backend is not available here")
+    return device
