@@ -2,11 +2,23 @@
 #   ch02_text_data/ch02.ipynb
 #   ch03_attention/ch03.ipynb
 #   ch04_gpt_model/ch04.ipynb
+#   ch05_pretraining/ch05.ipynb
+#   ch05_pretraining/base_model.ipynb
+#   ch05_pretraining/speed.ipynb
 # only what this folder's notebooks import from it, and what that needs.
 # Do not edit: change the notebooks, then run the command again.
 """Code from earlier chapters of the course, for use next to this chapter's notebooks."""
 
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -255,3 +267,633 @@ def generate_text_simple(
         next_id = logits[:, -1, :].argmax(dim=-1, keepdim=True)  # (b, 1)
         idx = torch.cat([idx, next_id], dim=1)  # (b, T + 1)
     return idx
+
+
+# Source: ch05_pretraining/ch05.ipynb, 5.1.1 Text in, token IDs out, and back
+def text_to_token_ids(text: str, tokenizer) -> torch.Tensor:
+    """Encode ``text`` into a (1, T) tensor of token IDs: a batch holding one sequence."""
+    ids = tokenizer.encode(text, allowed_special={"<|endoftext|>"})
+    return torch.tensor(ids, dtype=torch.long).unsqueeze(0)  # (1, T)
+
+
+def token_ids_to_text(ids: torch.Tensor, tokenizer) -> str:
+    """Decode a (1, T) or (T,) tensor of token IDs back into text."""
+    if ids.dim() == 2:
+        if ids.shape[0] != 1:
+            raise ValueError(f"expected a batch of one sequence, got shape {tuple(ids.shape)}")
+        ids = ids.squeeze(0)  # (T,)
+    return tokenizer.decode(ids.tolist())
+
+
+# Source: ch05_pretraining/ch05.ipynb, 5.1.2 Cross-entropy and perplexity, step by step
+def calc_loss_batch(
+    input_batch: torch.Tensor, target_batch: torch.Tensor, model: nn.Module, device: torch.device
+) -> torch.Tensor:
+    """Mean cross-entropy of next-token prediction for one batch of shape (b, T)."""
+    input_batch, target_batch = input_batch.to(device), target_batch.to(device)
+    logits = model(input_batch)  # (b, T, vocab_size)
+    return F.cross_entropy(logits.flatten(0, 1), target_batch.flatten())  # (b*T, V) vs (b*T,)
+
+
+# Source: ch05_pretraining/ch05.ipynb, 5.3.3 One `generate` for all of it
+def generate(
+    model: nn.Module,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    context_size: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    eos_id: int | None = None,
+) -> torch.Tensor:
+    """Extend ``idx`` (b, T) by up to ``max_new_tokens`` tokens: greedy, or sampled (temperature, top-k)."""
+    if idx.dim() != 2 or idx.shape[1] == 0:
+        raise ValueError(f"idx must have shape (batch, tokens), at least one token; got {tuple(idx.shape)}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k}")
+    finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)  # (b,)
+    for _ in range(max_new_tokens):
+        idx_cond = idx[:, -context_size:]  # crop to the context the model supports
+        with torch.no_grad():
+            logits = model(idx_cond)[:, -1, :]  # (b, vocab_size): the last position only
+        if top_k is not None:
+            k = min(top_k, logits.shape[-1])
+            kth_best = torch.topk(logits, k, dim=-1).values[:, -1:]  # (b, 1)
+            logits = logits.masked_fill(logits < kth_best, float("-inf"))
+        if temperature > 0:
+            probs = torch.softmax(logits / temperature, dim=-1)  # (b, vocab_size)
+            next_id = torch.multinomial(probs, num_samples=1)  # (b, 1)
+        else:
+            next_id = logits.argmax(dim=-1, keepdim=True)  # (b, 1)
+        if eos_id is not None:
+            next_id = next_id.masked_fill(finished.unsqueeze(1), eos_id)  # finished rows: padding
+            finished |= next_id.squeeze(1) == eos_id
+        idx = torch.cat([idx, next_id], dim=1)  # (b, T + 1)
+        if eos_id is not None and bool(finished.all()):
+            break
+    return idx
+
+
+# Source: ch05_pretraining/ch05.ipynb, 5.5.2 Reading the checkpoint with TensorFlow
+def load_gpt2_params_from_tf_ckpt(ckpt_dir: str | os.PathLike) -> tuple[dict, dict]:
+    """Read OpenAI's GPT-2 checkpoint folder: (hparams.json as a dict, weights as nested dicts)."""
+    ckpt_dir = Path(ckpt_dir)
+    hparams_file = ckpt_dir / "hparams.json"
+    if not hparams_file.is_file():
+        raise FileNotFoundError(f"missing hparams.json in the GPT-2 checkpoint folder {ckpt_dir}")
+    settings = json.loads(hparams_file.read_text(encoding="utf-8"))
+    try:
+        import tensorflow as tf  # only this reader needs TensorFlow
+    except ImportError as exc:
+        raise ImportError(
+            "reading OpenAI's checkpoint needs TensorFlow (pip install tensorflow); "
+            "the safetensors files from Hugging Face load without it"
+        ) from exc
+
+    prefix = tf.train.latest_checkpoint(str(ckpt_dir)) or str(ckpt_dir / "model.ckpt")
+    for part in (".index", ".data-00000-of-00001"):
+        if not Path(prefix + part).is_file():
+            missing = Path(prefix).name + part
+            raise FileNotFoundError(f"missing {missing} in the GPT-2 checkpoint folder {ckpt_dir}")
+
+    params: dict = {"blocks": [{} for _ in range(settings["n_layer"])]}
+    for name, _shape in tf.train.list_variables(prefix):
+        value = tf.train.load_variable(prefix, name)
+        parts = name.split("/")  # e.g. ["model", "h3", "attn", "c_attn", "w"]
+        if parts[0] != "model" or len(parts) < 2:
+            raise ValueError(f"unexpected variable {name!r} in the GPT-2 checkpoint")
+        if parts[-1] == "w" and value.ndim == 3:
+            value = value[0]  # (1, in, out) -> (in, out)
+        parts = parts[1:]
+        node = params
+        if parts[0][0] == "h" and parts[0][1:].isdigit():  # a block: h0, h1, ...
+            layer = int(parts[0][1:])
+            if layer >= settings["n_layer"]:
+                raise ValueError(f"variable {name!r} but hparams.json says n_layer={settings['n_layer']}")
+            node, parts = params["blocks"][layer], parts[1:]
+        for key in parts[:-1]:
+            node = node.setdefault(key, {})
+        node[parts[-1]] = value
+    return settings, params
+
+
+# Source: ch05_pretraining/ch05.ipynb, 5.5.3 Mapping OpenAI's names onto our model
+def assign(left: torch.Tensor, right, name: str) -> nn.Parameter:
+    """A new Parameter holding ``right`` (array or tensor), checked to have ``left``'s shape.
+
+    The values are stored row after row (contiguous), as a freshly built layer stores them, even
+    when ``right`` is a transposed view of a checkpoint matrix.
+    """
+    if isinstance(right, torch.Tensor):
+        value = right.detach().clone()
+    else:
+        value = torch.from_numpy(np.array(right, copy=True))
+    if tuple(left.shape) != tuple(value.shape):
+        raise ValueError(
+            f"shape mismatch for {name}: the model has {tuple(left.shape)}, "
+            f"the checkpoint has {tuple(value.shape)}"
+        )
+    return nn.Parameter(value.to(dtype=left.dtype, device=left.device).contiguous())
+
+
+# Source: ch05_pretraining/ch05.ipynb, 5.5.3 Mapping OpenAI's names onto our model
+def load_weights_into_gpt(gpt: nn.Module, params: dict) -> None:
+    """Copy GPT-2's weights, in OpenAI's layout (``load_gpt2_params_from_tf_ckpt``), into ``gpt``."""
+    if len(params["blocks"]) != len(gpt.trf_blocks):
+        raise ValueError(
+            f"the checkpoint has {len(params['blocks'])} blocks, the model {len(gpt.trf_blocks)}; "
+            "build the model from the checkpoint's hparams (gpt2_config_from_hparams)"
+        )
+    if gpt.trf_blocks[0].att.W_query.bias is None:
+        raise ValueError("GPT-2 has query/key/value biases: build the model with qkv_bias=True")
+    gpt.tok_emb.weight = assign(gpt.tok_emb.weight, params["wte"], "wte")
+    gpt.pos_emb.weight = assign(gpt.pos_emb.weight, params["wpe"], "wpe")
+    for i, (block, p) in enumerate(zip(gpt.trf_blocks, params["blocks"])):
+        att, ff, h = block.att, block.ff, f"h{i}"
+        block.norm1.scale = assign(block.norm1.scale, p["ln_1"]["g"], f"{h}/ln_1/g")
+        block.norm1.shift = assign(block.norm1.shift, p["ln_1"]["b"], f"{h}/ln_1/b")
+
+        # c_attn holds queries, keys and values side by side: (emb, 3 * emb) -> 3 x (emb, emb)
+        q_w, k_w, v_w = torch.chunk(torch.as_tensor(p["attn"]["c_attn"]["w"]), 3, dim=-1)
+        q_b, k_b, v_b = torch.chunk(torch.as_tensor(p["attn"]["c_attn"]["b"]), 3, dim=-1)
+        att.W_query.weight = assign(att.W_query.weight, q_w.T, f"{h}/attn/c_attn/w (query)")
+        att.W_key.weight = assign(att.W_key.weight, k_w.T, f"{h}/attn/c_attn/w (key)")
+        att.W_value.weight = assign(att.W_value.weight, v_w.T, f"{h}/attn/c_attn/w (value)")
+        att.W_query.bias = assign(att.W_query.bias, q_b, f"{h}/attn/c_attn/b (query)")
+        att.W_key.bias = assign(att.W_key.bias, k_b, f"{h}/attn/c_attn/b (key)")
+        att.W_value.bias = assign(att.W_value.bias, v_b, f"{h}/attn/c_attn/b (value)")
+        c_proj = p["attn"]["c_proj"]
+        att.out_proj.weight = assign(
+            att.out_proj.weight, torch.as_tensor(c_proj["w"]).T, f"{h}/attn/c_proj/w"
+        )
+        att.out_proj.bias = assign(att.out_proj.bias, c_proj["b"], f"{h}/attn/c_proj/b")
+
+        block.norm2.scale = assign(block.norm2.scale, p["ln_2"]["g"], f"{h}/ln_2/g")
+        block.norm2.shift = assign(block.norm2.shift, p["ln_2"]["b"], f"{h}/ln_2/b")
+        fc, proj = p["mlp"]["c_fc"], p["mlp"]["c_proj"]
+        ff.layers[0].weight = assign(ff.layers[0].weight, torch.as_tensor(fc["w"]).T, f"{h}/mlp/c_fc/w")
+        ff.layers[0].bias = assign(ff.layers[0].bias, fc["b"], f"{h}/mlp/c_fc/b")
+        ff.layers[2].weight = assign(ff.layers[2].weight, torch.as_tensor(proj["w"]).T, f"{h}/mlp/c_proj/w")
+        ff.layers[2].bias = assign(ff.layers[2].bias, proj["b"], f"{h}/mlp/c_proj/b")
+
+    gpt.final_norm.scale = assign(gpt.final_norm.scale, params["ln_f"]["g"], "ln_f/g")
+    gpt.final_norm.shift = assign(gpt.final_norm.shift, params["ln_f"]["b"], "ln_f/b")
+    gpt.out_head.weight = assign(gpt.out_head.weight, params["wte"], "wte (tied output head)")
+
+
+def gpt2_config_from_hparams(settings: dict, **overrides) -> dict:
+    """The course config for OpenAI's ``hparams.json`` (GPT-2: qkv_bias=True), with overrides."""
+    cfg = {
+        "vocab_size": settings["n_vocab"],
+        "context_length": settings["n_ctx"],
+        "emb_dim": settings["n_embd"],
+        "n_heads": settings["n_head"],
+        "n_layers": settings["n_layer"],
+        "drop_rate": 0.1,
+        "qkv_bias": True,
+    }
+    unknown = set(overrides) - set(cfg)
+    if unknown:
+        raise KeyError(f"unknown config key(s) {sorted(unknown)}; valid keys: {sorted(cfg)}")
+    return {**cfg, **overrides}
+
+
+# Source: ch05_pretraining/ch05.ipynb, 5.5.5 The same weights from Hugging Face (safetensors)
+def load_hf_gpt2_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a Hugging Face GPT-2 ``model.safetensors`` file into a dict of tensors."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"missing safetensors file {path}")
+    return load_file(str(path))
+
+
+def _short_list(names: set[str], limit: int = 8) -> str:
+    """Up to ``limit`` sorted names, and how many more there are."""
+    shown = sorted(names)[:limit]
+    more = len(names) - len(shown)
+    return ", ".join(shown) + (f" ... and {more} more" if more else "")
+
+
+def load_hf_weights_into_gpt(gpt: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Copy GPT-2's weights under Hugging Face's names (``GPT2Model``/``GPT2LMHeadModel``) into ``gpt``."""
+    state = {k.removeprefix("transformer."): v for k, v in state_dict.items()}
+    n_layers = len(gpt.trf_blocks)
+    layer_keys = [
+        "ln_1.weight",
+        "ln_1.bias",
+        "attn.c_attn.weight",
+        "attn.c_attn.bias",
+        "attn.c_proj.weight",
+        "attn.c_proj.bias",
+        "ln_2.weight",
+        "ln_2.bias",
+        "mlp.c_fc.weight",
+        "mlp.c_fc.bias",
+        "mlp.c_proj.weight",
+        "mlp.c_proj.bias",
+    ]
+    expected = {"wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"}
+    expected |= {f"h.{i}.{k}" for i in range(n_layers) for k in layer_keys}
+    not_weights = {k for k in state if k.endswith((".attn.bias", ".attn.masked_bias"))}  # causal masks
+    missing = expected - set(state)
+    unknown = set(state) - expected - not_weights - {"lm_head.weight"}
+    if missing or unknown:
+        found = {"missing": missing, "unknown": unknown}
+        problems = [f"{what} [{_short_list(names)}]" for what, names in found.items() if names]
+        raise KeyError(f"state dict does not fit a {n_layers}-block GPT-2: {'; '.join(problems)}")
+
+    def pair(name: str, w: str, b: str) -> dict:
+        return {w: state[f"{name}.weight"], b: state[f"{name}.bias"]}
+
+    params = {
+        "wte": state["wte.weight"],
+        "wpe": state["wpe.weight"],
+        "ln_f": pair("ln_f", "g", "b"),
+        "blocks": [
+            {
+                "ln_1": pair(f"h.{i}.ln_1", "g", "b"),
+                "attn": {
+                    "c_attn": pair(f"h.{i}.attn.c_attn", "w", "b"),
+                    "c_proj": pair(f"h.{i}.attn.c_proj", "w", "b"),
+                },
+                "ln_2": pair(f"h.{i}.ln_2", "g", "b"),
+                "mlp": {
+                    "c_fc": pair(f"h.{i}.mlp.c_fc", "w", "b"),
+                    "c_proj": pair(f"h.{i}.mlp.c_proj", "w", "b"),
+                },
+            }
+            for i in range(n_layers)
+        ],
+    }  # the layout of load_gpt2_params_from_tf_ckpt: one mapping for both sources
+    load_weights_into_gpt(gpt, params)
+    if "lm_head.weight" in state:  # equal to wte.weight in GPT-2 (tied); taken as stored
+        gpt.out_head.weight = assign(gpt.out_head.weight, state["lm_head.weight"], "lm_head.weight")
+
+
+# Source: ch05_pretraining/ch05.ipynb, 5.5.6 Loading the real GPT-2 and generating text
+def load_gpt2_model(path: str | os.PathLike, size: str = "124M") -> GPTModel:
+    """GPT-2 ``size`` in eval mode, from OpenAI's checkpoint folder or a Hugging Face safetensors file."""
+    cfg = gpt2_config(size, qkv_bias=True, context_length=1024, drop_rate=0.0)  # checks the size
+    model = GPTModel(cfg)
+    path = Path(path)
+    if path.is_dir():  # OpenAI's TensorFlow checkpoint: hparams.json, model.ckpt.*
+        settings, params = load_gpt2_params_from_tf_ckpt(path)
+        if gpt2_config_from_hparams(settings, drop_rate=0.0) != cfg:
+            raise ValueError(f"{path} holds a different GPT-2 size than {size}: {settings}")
+        load_weights_into_gpt(model, params)
+    else:  # Hugging Face's model.safetensors
+        load_hf_weights_into_gpt(model, load_hf_gpt2_state(path))
+    return model.eval()
+
+
+# Source: ch05_pretraining/ch05.ipynb, 5.6 Learning-rate warmup, cosine decay and gradient clipping
+def lr_at_step(step: int, total_steps: int, warmup_steps: int, peak_lr: float, min_lr: float) -> float:
+    """Learning rate at 0-based ``step``: linear warmup to ``peak_lr``, then cosine decay to ``min_lr``."""
+    if not 0 <= warmup_steps <= total_steps:
+        raise ValueError(f"need 0 <= warmup_steps <= total_steps, got {warmup_steps} and {total_steps}")
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps  # reaches peak_lr at step warmup_steps - 1
+    decay_steps = max(1, total_steps - 1 - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)  # 0 -> 1 over the decay
+    return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# Source: ch05_pretraining/ch05.ipynb, 5.6.1 Reproducible data order and exact resuming
+def ddp_rank_and_size(model: nn.Module) -> tuple[int, int]:
+    """This process's rank and the number of processes for a DistributedDataParallel model, else (0, 1)."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def mean_across_ranks(value: torch.Tensor, world_size: int) -> float:
+    """A scalar averaged over the ``world_size`` processes of a torchrun run (itself for one process)."""
+    if world_size > 1:
+        value = value.detach().clone()
+        dist.all_reduce(value)  # the sum over all processes, on every process
+        value = value / world_size
+    return value.item()
+
+
+# Source: ch05_pretraining/base_model.ipynb, 9. One loader for every later chapter
+BASE_MODEL_WEIGHTS = "model.safetensors"
+BASE_MODEL_CONFIG = "config.json"
+
+
+# Source: ch05_pretraining/base_model.ipynb, 9. One loader for every later chapter
+BASE_WEIGHTS_ENV = "COURSE_BASE_WEIGHTS"
+GPT2_SAFETENSORS_URL = "https://huggingface.co/openai-community/{repo}/resolve/main/model.safetensors"
+# GPT-2 size -> (Hugging Face repository, approximate size of its model.safetensors), smallest first
+GPT2_DOWNLOADS = dict(
+    zip(
+        GPT2_PRESETS,
+        [("gpt2", "0.5 GB"), ("gpt2-medium", "1.5 GB"), ("gpt2-large", "3.3 GB"), ("gpt2-xl", "6.4 GB")],
+        strict=True,
+    )
+)
+BOOKS_COMMAND = "python ch05_pretraining/train.py --data books --minutes 60"
+
+
+class BaseModelUnavailable(FileNotFoundError):
+    """No pretrained weights could be found; the message lists what was tried and how to get weights."""
+
+
+def _load_books(folder: Path) -> tuple[GPTModel, dict]:
+    """The course's books model from a folder written by ``save_base_model``, and its config."""
+    from safetensors.torch import load_file
+
+    weights, config_file = folder / BASE_MODEL_WEIGHTS, folder / BASE_MODEL_CONFIG
+    missing = [p.name for p in (weights, config_file) if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} has no {' and no '.join(missing)}")
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    model = GPTModel(config["model"])
+    model.load_state_dict(load_file(str(weights)))  # strict: every name and shape must match
+    return model, config
+
+
+def load_base_model(
+    size: str = "124M",
+    weights: str | None = None,
+    *,
+    books_dir: str | os.PathLike | None = None,
+    gpt2_download: Callable[[str], os.PathLike] | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[GPTModel, str]:
+    """A pretrained GPTModel in eval mode, and one line saying which weights were loaded."""
+    if size not in GPT2_DOWNLOADS:
+        raise ValueError(f"unknown GPT-2 size {size!r}; valid sizes: {', '.join(GPT2_DOWNLOADS)}")
+    choice = weights or os.environ.get(BASE_WEIGHTS_ENV) or None
+    if choice not in (None, "gpt2", "books"):
+        raise ValueError(
+            f"weights must be None, 'gpt2' or 'books' (also in ${BASE_WEIGHTS_ENV}); got {choice!r}"
+        )
+    tried = []
+    if choice in (None, "gpt2"):
+        if gpt2_download is None:
+            tried.append(f"GPT-2 {size}: no gpt2_download function was given")
+        else:
+            try:
+                path = Path(gpt2_download(size))
+                model = load_gpt2_model(path, size)  # section 5.5.6: either file format
+            except (OSError, RuntimeError, ValueError, KeyError, ImportError) as exc:
+                tried.append(f"GPT-2 {size}: {type(exc).__name__}: {exc}")
+            else:
+                return model.to(device).eval(), f"OpenAI's GPT-2 {size} weights ({path.name})"
+    if choice in (None, "books"):
+        if books_dir is None:
+            tried.append("books model: no books_dir was given")
+        else:
+            try:
+                model, config = _load_books(Path(books_dir))
+            except (OSError, RuntimeError, ValueError, KeyError) as exc:
+                tried.append(f"books model: {type(exc).__name__}: {exc}")
+            else:
+                cfg = config["model"]
+                facts = [
+                    f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters",
+                    f"emb_dim {cfg['emb_dim']}, {cfg['n_layers']} layers, context {cfg['context_length']}",
+                ]
+                if config.get("tokens_seen") is not None:  # absent or null: say nothing
+                    facts.append(f"{config['tokens_seen']:,} training tokens")
+                if config.get("val_loss") is not None:
+                    facts.append(f"held-out loss {config['val_loss']:.3f}")
+                name = Path(books_dir).name
+                return model.to(device).eval(), f"the course's books model ({name}: {'; '.join(facts)})"
+    repo, gigabytes = GPT2_DOWNLOADS[size]
+    lines = "\n".join(f"  - {line}" for line in tried)
+    raise BaseModelUnavailable(
+        f"No pretrained weights could be loaded (weights={choice!r}). Tried:\n{lines}\n"
+        "Two ways to get weights:\n"
+        f"  - download OpenAI's GPT-2 {size} ({gigabytes}): {GPT2_SAFETENSORS_URL.format(repo=repo)}\n"
+        "    (the course does it with shared.data.fetch_gpt2_safetensors; pass it as gpt2_download);\n"
+        "  - or pretrain the course's own books model (about 60 minutes on 2 CPU cores), from the\n"
+        f"    repository root: {BOOKS_COMMAND}\n"
+        "    (in quick mode, COURSE_QUICK=1, ch05_pretraining/base_model.ipynb makes a tiny one in seconds)."
+    )
+
+
+# Source: ch05_pretraining/speed.ipynb, 2. One product for queries, keys and values, and PyTorch's attentio...
+class FusedQKVAttention(nn.Module):
+    """Causal multi-head attention with ``MultiHeadAttention``'s parameters: one QKV product, then SDPA.
+
+    ``W_query``, ``W_key`` and ``W_value`` stay three layers (the names and shapes of chapter 3), so
+    every checkpoint fits; ``forward`` stacks their weights and multiplies once.
+    """
+
+    def __init__(self, d_in: int, d_out: int, dropout: float, num_heads: int, qkv_bias: bool = False):
+        super().__init__()
+        if d_out % num_heads != 0:
+            raise ValueError(f"d_out ({d_out}) must be divisible by num_heads ({num_heads})")
+        self.d_out = d_out
+        self.num_heads = num_heads
+        self.head_dim = d_out // num_heads
+        self.dropout_p = dropout  # dropout on the attention weights, in training only
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.out_proj = nn.Linear(d_out, d_out)  # combines the heads' outputs
+
+    def qkv_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The three projections as one (3 * d_out, d_in) weight, and one bias (None without biases)."""
+        layers = (self.W_query, self.W_key, self.W_value)
+        weight = torch.cat([layer.weight for layer in layers])  # (3 * d_out, d_in)
+        bias = None if self.W_query.bias is None else torch.cat([layer.bias for layer in layers])
+        return weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, num_tokens, _ = x.shape  # (b, T, d_in)
+        qkv = F.linear(x, *self.qkv_weight())  # (b, T, 3 * d_out): one product instead of three
+        qkv = qkv.view(b, num_tokens, 3, self.num_heads, self.head_dim)  # (b, T, 3, n_heads, head_dim)
+        queries, keys, values = qkv.permute(2, 0, 3, 1, 4)  # each (b, n_heads, T, head_dim)
+        context = F.scaled_dot_product_attention(
+            queries, keys, values, dropout_p=self.dropout_p if self.training else 0.0, is_causal=True
+        )  # (b, n_heads, T, head_dim)
+        context = context.transpose(1, 2).reshape(b, num_tokens, self.d_out)  # (b, T, d_out)
+        return self.out_proj(context)
+
+
+# Source: ch05_pretraining/speed.ipynb, 2. One product for queries, keys and values, and PyTorch's attentio...
+class FastLayerNorm(LayerNorm):
+    """Chapter 4's ``LayerNorm`` (same ``scale``, ``shift`` and ``eps``), computed by PyTorch's kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.scale.shape, self.scale, self.shift, self.eps)
+
+
+class FastTransformerBlock(nn.Module):
+    """``TransformerBlock`` with the same parameter names: fused attention and PyTorch's kernels."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.att = FusedQKVAttention(
+            d_in=cfg["emb_dim"],
+            d_out=cfg["emb_dim"],
+            dropout=cfg["drop_rate"],
+            num_heads=cfg["n_heads"],
+            qkv_bias=cfg["qkv_bias"],
+        )
+        self.ff = FeedForward(cfg)
+        self.ff.layers[1] = nn.GELU(approximate="tanh")  # GPT-2's GELU as one kernel; it has no weights
+        self.norm1 = FastLayerNorm(cfg["emb_dim"])
+        self.norm2 = FastLayerNorm(cfg["emb_dim"])
+        self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x)))  # (b, T, emb_dim)
+        x = x + self.drop_shortcut(self.ff(self.norm2(x)))  # (b, T, emb_dim)
+        return x
+
+
+# Source: ch05_pretraining/speed.ipynb, 3.1 `GPTModelFast`: the same parameters, computed faster
+class GPTModelFast(nn.Module):
+    """``GPTModel`` with the same parameter names and shapes, computed faster; optionally weight-tied.
+
+    With ``tie_weights`` the output head uses the token embedding's matrix, as GPT-2 does:
+    ``out_head.weight is tok_emb.weight``.
+    """
+
+    def __init__(self, cfg: dict, tie_weights: bool = False):
+        super().__init__()
+        check_config(cfg)
+        self.cfg = dict(cfg)
+        self.tie_weights = tie_weights
+        self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
+        self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
+        self.drop_emb = nn.Dropout(cfg["drop_rate"])
+        self.trf_blocks = nn.Sequential(*[FastTransformerBlock(cfg) for _ in range(cfg["n_layers"])])
+        self.final_norm = FastLayerNorm(cfg["emb_dim"])
+        self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
+        if tie_weights:
+            # GPT-2's initialisation: PyTorch's default (std 1) would be far too large for a head
+            nn.init.normal_(self.tok_emb.weight, std=0.02)
+            self.out_head.weight = self.tok_emb.weight  # one Parameter under two names
+        self.register_load_state_dict_pre_hook(self._refuse_untied_state)
+        self.register_load_state_dict_post_hook(self._tie_after_load)
+
+    def _refuse_untied_state(self, module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+        """Before loading into a tied model: refuse a state dict whose head differs from its embedding."""
+        emb, head = state_dict.get(prefix + "tok_emb.weight"), state_dict.get(prefix + "out_head.weight")
+        if self.tie_weights and emb is not None and head is not None and not torch.equal(emb, head):
+            raise ValueError(
+                "this model ties out_head to tok_emb, but the state dict holds two different matrices; "
+                "load it into GPTModelFast(cfg, tie_weights=False)"
+            )
+
+    def _tie_after_load(self, module: nn.Module, incompatible_keys) -> None:
+        """After ``load_state_dict(..., assign=True)``, which puts in new Parameters: tie them again."""
+        if self.tie_weights:
+            self.out_head.weight = self.tok_emb.weight
+
+    def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
+        """Logits of shape (b, T, vocab_size) for token IDs of shape (b, T)."""
+        b, num_tokens = in_idx.shape
+        if num_tokens > self.cfg["context_length"]:
+            raise ValueError(
+                f"input has {num_tokens} tokens, more than the context length "
+                f"{self.cfg['context_length']}; crop it first"
+            )
+        if self.tie_weights and self.out_head.weight is not self.tok_emb.weight:
+            raise RuntimeError(
+                "tie_weights=True, but out_head.weight is no longer tok_emb.weight (a loader replaced one "
+                "of them); tie them again: model.out_head.weight = model.tok_emb.weight"
+            )
+        positions = torch.arange(num_tokens, device=in_idx.device)
+        x = self.tok_emb(in_idx) + self.pos_emb(positions)  # (b, T, emb_dim)
+        x = self.drop_emb(x)
+        x = self.trf_blocks(x)
+        x = self.final_norm(x)
+        return self.out_head(x)  # (b, T, vocab_size)
+
+
+# Source: ch05_pretraining/speed.ipynb, 7. Loading GPT-2 without two copies of the weights
+SAFETENSORS_DTYPES = {  # the format's dtype names (those GPT-2 files use)
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "BOOL": torch.bool,
+    "I64": torch.int64,
+}
+
+HF_TO_COURSE_BLOCK = {  # Hugging Face's names inside block i ("h.i.") -> ours ("trf_blocks.i.")
+    "ln_1.weight": "norm1.scale",
+    "ln_1.bias": "norm1.shift",
+    "attn.c_proj.weight": "att.out_proj.weight",
+    "attn.c_proj.bias": "att.out_proj.bias",
+    "ln_2.weight": "norm2.scale",
+    "ln_2.bias": "norm2.shift",
+    "mlp.c_fc.weight": "ff.layers.0.weight",
+    "mlp.c_fc.bias": "ff.layers.0.bias",
+    "mlp.c_proj.weight": "ff.layers.2.weight",
+    "mlp.c_proj.bias": "ff.layers.2.bias",
+}
+
+
+def read_safetensors_lowmem(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` file with plain reads, each tensor straight into its own memory (no mmap)."""
+    tensors = {}
+    with open(path, "rb") as fh:
+        header_len = int.from_bytes(fh.read(8), "little")  # the format: header length, JSON header, data
+        header = json.loads(fh.read(header_len))
+        header.pop("__metadata__", None)
+        for name, info in header.items():
+            if info["dtype"] not in SAFETENSORS_DTYPES:
+                raise ValueError(
+                    f"{path}: tensor {name} has dtype {info['dtype']}, not one of {list(SAFETENSORS_DTYPES)}"
+                )
+            begin, end = info["data_offsets"]
+            tensor = torch.empty(info["shape"], dtype=SAFETENSORS_DTYPES[info["dtype"]])
+            fh.seek(8 + header_len + begin)
+            if fh.readinto(tensor.view(-1).view(torch.uint8).numpy()) != end - begin:
+                raise ValueError(f"{path} is truncated: tensor {name} is incomplete")
+            tensors[name] = tensor
+    return tensors
+
+
+def load_gpt2_model_lowmem(
+    path: str | os.PathLike,
+    size: str = "124M",
+    model_class: type[nn.Module] | None = None,
+    cfg: dict | None = None,
+) -> nn.Module:
+    """GPT-2 ``size`` in eval mode from Hugging Face's ``model.safetensors``, holding the weights once.
+
+    The model (``GPTModelFast`` unless ``model_class`` is given) is built on the meta device, the
+    file is read tensor by tensor into our layout, and ``load_state_dict(assign=True)`` makes those
+    tensors the parameters. The output head is the token embedding (tied), as in GPT-2's file.
+    ``cfg`` replaces GPT-2's configuration for a file in GPT-2's format but of another shape.
+    """
+    if cfg is None:
+        cfg = gpt2_config(size, qkv_bias=True, context_length=1024, drop_rate=0.0)  # checks the size
+    with torch.device("meta"):
+        model = (model_class or GPTModelFast)(cfg)  # shapes only: no memory, no random numbers
+    hf = {name.removeprefix("transformer."): t for name, t in read_safetensors_lowmem(path).items()}
+    state = {"tok_emb.weight": hf.pop("wte.weight"), "pos_emb.weight": hf.pop("wpe.weight")}
+    for i in range(cfg["n_layers"]):
+        h, ours = f"h.{i}.", f"trf_blocks.{i}."
+        qkv_weight = hf.pop(h + "attn.c_attn.weight").T  # Conv1D (emb, 3 * emb) -> (3 * emb, emb), a view
+        qkv_bias = hf.pop(h + "attn.c_attn.bias")  # (3 * emb,)
+        for role, weight, bias in zip(
+            ("W_query", "W_key", "W_value"), qkv_weight.chunk(3), qkv_bias.chunk(3)
+        ):
+            state[f"{ours}att.{role}.weight"] = weight.contiguous()  # (emb, emb), copied one at a time
+            state[f"{ours}att.{role}.bias"] = bias.clone()
+        del qkv_weight, qkv_bias  # the file's tensor is freed here
+        for hf_name, our_name in HF_TO_COURSE_BLOCK.items():
+            value = hf.pop(h + hf_name)
+            state[ours + our_name] = value.T.contiguous() if value.dim() == 2 else value  # Conv1D: transpose
+    state["final_norm.scale"], state["final_norm.shift"] = hf.pop("ln_f.weight"), hf.pop("ln_f.bias")
+    state["out_head.weight"] = state["tok_emb.weight"]  # GPT-2 ties them; its file stores one matrix
+    unknown = {k for k in hf if not k.endswith((".attn.bias", ".attn.masked_bias", "lm_head.weight"))}
+    if unknown:
+        raise KeyError(f"{path} holds tensors that are not GPT-2's: {sorted(unknown)[:5]}")
+    model.load_state_dict(state, assign=True)  # the tensors become the parameters: no copy
+    model.out_head.weight = model.tok_emb.weight  # one Parameter under two names
+    for module in model.modules():  # GPTModel's causal masks are buffers, not in the file: rebuild them
+        if isinstance(module, MultiHeadAttention) and module.mask.is_meta:
+            n = cfg["context_length"]
+            module.mask = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)
+    return model.eval()

@@ -3,18 +3,25 @@
 #   ch04_gpt_model/ch04.ipynb
 #   ch05_pretraining/ch05.ipynb
 #   ch05_pretraining/base_model.ipynb
+#   ch06_classification/ch06.ipynb
 # only what this folder's notebooks import from it, and what that needs.
 # Do not edit: change the notebooks, then run the command again.
 """Code from earlier chapters of the course, for use next to this chapter's notebooks."""
 
 import json
+import math
 import os
+import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
 
 # Source: ch03_attention/ch03.ipynb, 3.6.2 One module, heads split from shared projections
@@ -583,3 +590,319 @@ def load_base_model(
         f"    repository root: {BOOKS_COMMAND}\n"
         "    (in quick mode, COURSE_QUICK=1, ch05_pretraining/base_model.ipynb makes a tiny one in seconds)."
     )
+
+
+# Source: ch06_classification/ch06.ipynb, 6.2 Preparing the data
+SPAM_LABELS = ("ham", "spam")  # class 0 and class 1
+
+
+def read_sms_spam(path: str | os.PathLike) -> pd.DataFrame:
+    """The SMS Spam Collection (the file, or the zip that holds it) as a table with Label and Text columns."""
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            raw = zf.read("SMSSpamCollection")
+    else:
+        raw = path.read_bytes()
+    lines = raw.decode("utf-8").split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        label, tab, text = line.partition("\t")
+        if not tab:
+            raise ValueError(f"line {number}: expected 'label<TAB>message', found no tab in {line[:50]!r}")
+        if label not in SPAM_LABELS:
+            raise ValueError(f"line {number}: label {label!r} is not 'ham' or 'spam' (message {text[:40]!r})")
+        if not text.strip():
+            raise ValueError(f"line {number}: the {label} message is empty")
+        rows.append((label, text))
+    return pd.DataFrame(rows, columns=["Label", "Text"])
+
+
+# Source: ch06_classification/ch06.ipynb, 6.2.1 Duplicates and class imbalance
+def balance_classes(df: pd.DataFrame, seed: int = 123, n_per_class: int | None = None) -> pd.DataFrame:
+    """Undersample: ``n_per_class`` random rows of every label (default: as many as the rarest label has)."""
+    counts = df["Label"].value_counts()
+    n = int(counts.min()) if n_per_class is None else n_per_class
+    if not 0 < n <= counts.min():
+        raise ValueError(f"n_per_class must be in 1..{counts.min()} (the rarest label's count), got {n}")
+    parts = [df[df["Label"] == label].sample(n, random_state=seed) for label in sorted(counts.index)]
+    return pd.concat(parts).reset_index(drop=True)
+
+
+def split_data_frame(
+    df: pd.DataFrame, train_frac: float = 0.7, val_frac: float = 0.1, seed: int = 123
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Shuffle the rows and cut them into training, validation and test parts (test: the rest)."""
+    if not (0 < train_frac and 0 <= val_frac and train_frac + val_frac < 1):
+        raise ValueError(f"need 0 < train_frac, 0 <= val_frac, a sum below 1; got {train_frac}, {val_frac}")
+    repeated = int(df["Text"].duplicated().sum())
+    if repeated:
+        raise ValueError(
+            f"{repeated} messages appear more than once: a copy could land in two splits; "
+            "drop them first with df.drop_duplicates('Text')"
+        )
+    shuffled = df.sample(frac=1, random_state=seed).reset_index(drop=True)
+    train_end = int(len(shuffled) * train_frac)
+    val_end = train_end + int(len(shuffled) * val_frac)
+    return shuffled[:train_end], shuffled[train_end:val_end], shuffled[val_end:]
+
+
+# Source: ch06_classification/ch06.ipynb, 6.3 Data loaders
+class SpamDataset(Dataset):
+    """Messages as rows of token IDs, cut at ``max_length`` and padded with ``pad_token_id``; and labels."""
+
+    def __init__(
+        self,
+        data: pd.DataFrame | str | os.PathLike,
+        tokenizer,
+        max_length: int | None = None,
+        pad_token_id: int = 50256,
+        num_classes: int = 2,
+    ):
+        frame = data if isinstance(data, pd.DataFrame) else pd.read_csv(data, keep_default_na=False)
+        encoded, labels = [], []
+        for row, (text, label) in enumerate(zip(frame["Text"], frame["Label"])):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"row {row}: the message is empty")
+            if label not in range(num_classes):
+                raise ValueError(f"row {row}: label {label!r}, expected a class number 0..{num_classes - 1}")
+            encoded.append(tokenizer.encode_ordinary(text))  # "<|endoftext|>" in a message is plain text
+            labels.append(int(label))
+        if not encoded:
+            raise ValueError("no messages: the table is empty")
+        self.longest = max(len(ids) for ids in encoded)  # tokens of the longest message
+        self.max_length = self.longest if max_length is None else max_length
+        if self.max_length < 1:
+            raise ValueError(f"max_length must be at least 1, got {max_length}")
+        self.num_truncated = sum(len(ids) > self.max_length for ids in encoded)  # messages cut short
+        rows = [ids[: self.max_length] for ids in encoded]
+        rows = [ids + [pad_token_id] * (self.max_length - len(ids)) for ids in rows]
+        self.input_ids = torch.tensor(rows, dtype=torch.long)  # (N, max_length)
+        self.labels = torch.tensor(labels, dtype=torch.long)  # (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.input_ids[idx], self.labels[idx]
+
+
+# Source: ch06_classification/ch06.ipynb, 6.5 A classification head
+def set_requires_grad(module: nn.Module, flag: bool) -> nn.Module:
+    """Make every parameter of ``module`` trainable (True) or frozen (False); return the module."""
+    for param in module.parameters():
+        param.requires_grad = flag
+    return module
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) numbers of parameters, each shared tensor counted once."""
+    params = list(model.parameters())  # parameters() lists a shared (tied) tensor only once
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def add_classification_head(
+    model: nn.Module, num_classes: int = 2, trainable: str = "last_block"
+) -> nn.Module:
+    """A new ``num_classes`` output head; trainable: "head", "last_block" (with the final norm) or "all"."""
+    if trainable not in ("head", "last_block", "all"):
+        raise ValueError(f"trainable must be 'head', 'last_block' or 'all', not {trainable!r}")
+    set_requires_grad(model, trainable == "all")
+    old = model.out_head
+    model.out_head = nn.Linear(old.in_features, num_classes).to(old.weight.device)  # new: trainable
+    if trainable == "last_block":
+        set_requires_grad(model.trf_blocks[-1], True)
+        set_requires_grad(model.final_norm, True)
+    return model
+
+
+# Source: ch06_classification/ch06.ipynb, 6.6 Loss and accuracy on the last token
+def calc_cls_loss_batch(
+    input_batch: torch.Tensor, target_batch: torch.Tensor, model: nn.Module, device: torch.device
+) -> torch.Tensor:
+    """Cross-entropy of the class logits at the last position: inputs (b, T), labels (b,)."""
+    logits = model(input_batch.to(device))[:, -1, :]  # (b, num_classes): the last position only
+    return F.cross_entropy(logits, target_batch.to(device))
+
+
+def _check_batches(data_loader, num_batches: int | None) -> int:
+    """How many batches to read: all, or the first ``num_batches``; an empty loader is an error."""
+    if len(data_loader) == 0:
+        raise ValueError("the data loader has no batches (fewer examples than a batch, and drop_last=True?)")
+    return len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
+
+
+def calc_cls_loss_loader(
+    data_loader, model: nn.Module, device: torch.device, num_batches: int | None = None
+) -> float:
+    """Average ``calc_cls_loss_batch`` over the first ``num_batches`` batches (all if None), in eval mode."""
+    num_batches = _check_batches(data_loader, num_batches)
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for i, (input_batch, target_batch) in enumerate(data_loader):
+            if i >= num_batches:
+                break
+            total += calc_cls_loss_batch(input_batch, target_batch, model, device).item()
+    model.train(was_training)
+    return total / num_batches
+
+
+def calc_accuracy_loader(
+    data_loader, model: nn.Module, device: torch.device, num_batches: int | None = None
+) -> float:
+    """Share of examples whose argmax at the last position is the label, over ``num_batches`` batches."""
+    num_batches = _check_batches(data_loader, num_batches)
+    was_training = model.training
+    model.eval()
+    correct = seen = 0
+    with torch.no_grad():
+        for i, (input_batch, target_batch) in enumerate(data_loader):
+            if i >= num_batches:
+                break
+            logits = model(input_batch.to(device))[:, -1, :]  # (b, num_classes)
+            correct += (logits.argmax(dim=-1) == target_batch.to(device)).sum().item()
+            seen += target_batch.shape[0]
+    model.train(was_training)
+    return correct / seen
+
+
+# Source: ch06_classification/ch06.ipynb, 6.7 Finetuning
+def evaluate_classifier(
+    model: nn.Module, train_loader, val_loader, device: torch.device, eval_iter: int
+) -> tuple[float, float]:
+    """Training and validation classification loss over ``eval_iter`` batches each."""
+    train_loss = calc_cls_loss_loader(train_loader, model, device, num_batches=eval_iter)
+    val_loss = calc_cls_loss_loader(val_loader, model, device, num_batches=eval_iter)
+    return train_loss, val_loss
+
+
+def train_classifier(
+    model: nn.Module,
+    train_loader,
+    val_loader,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    num_epochs: int,
+    eval_freq: int,
+    eval_iter: int,
+    verbose: bool = True,
+    on_step: Callable[[dict], None] | None = None,
+) -> dict:
+    """Finetune a classifier: losses every ``eval_freq`` steps, accuracies every epoch; return the history."""
+    keys = ("steps", "examples_seen", "train_losses", "val_losses")  # every eval_freq steps
+    keys += ("epoch_examples", "train_accs", "val_accs", "elapsed")  # at the end of each epoch
+    history = {key: [] for key in keys}
+    start = time.perf_counter()
+    examples_seen, step = 0, -1
+    for epoch in range(num_epochs):
+        model.train()
+        for input_batch, target_batch in train_loader:
+            optimizer.zero_grad()
+            loss = calc_cls_loss_batch(input_batch, target_batch, model, device)
+            loss.backward()
+            optimizer.step()
+            examples_seen += input_batch.shape[0]
+            step += 1
+            if step % eval_freq == 0:
+                train_loss, val_loss = evaluate_classifier(model, train_loader, val_loader, device, eval_iter)
+                history["steps"].append(step)
+                history["examples_seen"].append(examples_seen)
+                history["train_losses"].append(train_loss)
+                history["val_losses"].append(val_loss)
+                if verbose:
+                    print(
+                        f"Ep {epoch + 1} (Step {step:06d}): "
+                        f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}"
+                    )
+            if on_step is not None:
+                on_step({"epoch": epoch, "step": step, "loss": loss.item(), "examples_seen": examples_seen})
+        train_acc = calc_accuracy_loader(train_loader, model, device, num_batches=eval_iter)
+        val_acc = calc_accuracy_loader(val_loader, model, device, num_batches=eval_iter)
+        history["epoch_examples"].append(examples_seen)
+        history["train_accs"].append(train_acc)
+        history["val_accs"].append(val_acc)
+        history["elapsed"].append(time.perf_counter() - start)
+        if verbose:
+            print(
+                f"Ep {epoch + 1}: training accuracy {train_acc * 100:.2f}%, validation accuracy "
+                f"{val_acc * 100:.2f}% ({examples_seen:,} examples seen, {history['elapsed'][-1]:.0f} s)"
+            )
+    return history
+
+
+# Source: ch06_classification/ch06.ipynb, 6.9.2 LoRA: finetuning through small adapters
+class LoRALinear(nn.Module):
+    """A frozen-able ``nn.Linear`` plus a low-rank update: ``linear(x) + (alpha / rank) * x A^T B^T``."""
+
+    def __init__(self, linear: nn.Linear, rank: int, alpha: float):
+        super().__init__()
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(linear).__name__}")
+        if rank < 1:
+            raise ValueError(f"rank must be a positive integer, got {rank}")
+        self.linear = linear
+        self.rank, self.alpha = rank, alpha
+        self.scaling = alpha / rank
+        weight = linear.weight
+        factory = {"dtype": weight.dtype, "device": weight.device}
+        self.A = nn.Parameter(torch.empty(rank, linear.in_features, **factory))  # (rank, in)
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # random, as nn.Linear initialises its weight
+        self.B = nn.Parameter(torch.zeros(linear.out_features, rank, **factory))  # (out, rank): zero
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        update = (x @ self.A.T) @ self.B.T  # (..., in) -> (..., rank) -> (..., out)
+        return self.linear(x) + self.scaling * update
+
+    def merged_linear(self) -> nn.Linear:
+        """A plain ``nn.Linear`` that computes the same as this layer: weight ``W + (alpha / rank) B A``."""
+        lin = self.linear
+        merged = nn.Linear(
+            lin.in_features,
+            lin.out_features,
+            bias=lin.bias is not None,
+            device=lin.weight.device,
+            dtype=lin.weight.dtype,
+        )
+        with torch.no_grad():
+            merged.weight.copy_(lin.weight + self.scaling * (self.B @ self.A))  # (out, rank) @ (rank, in)
+            if lin.bias is not None:
+                merged.bias.copy_(lin.bias)
+        merged.requires_grad_(lin.weight.requires_grad)  # trainable again only if the base layer was
+        return merged
+
+
+def apply_lora(model: nn.Module, rank: int, alpha: float) -> nn.Module:
+    """Wrap every ``nn.Linear`` of ``model`` in a ``LoRALinear`` (in place); only the adapters train."""
+    if isinstance(model, (nn.Linear, LoRALinear)):
+        raise TypeError("apply_lora changes the layers inside a model; wrap a single layer with LoRALinear")
+    if any(isinstance(m, LoRALinear) for m in model.modules()):
+        raise ValueError("the model already has LoRA adapters; merge_lora(model) first")
+    set_requires_grad(model, False)
+    targets = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, nn.Linear)
+    ]
+    for parent, name, child in targets:  # collected first: the new layers' inner Linear is not wrapped again
+        setattr(parent, name, LoRALinear(child, rank, alpha))  # A and B are new, hence trainable
+    return model
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every ``LoRALinear`` of ``model`` into a plain ``nn.Linear`` (in place); return the model."""
+    if isinstance(model, LoRALinear):
+        raise TypeError("merge_lora changes the layers inside a model; for one layer use .merged_linear()")
+    targets = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, LoRALinear)
+    ]
+    for parent, name, child in targets:
+        setattr(parent, name, child.merged_linear())
+    return model
