@@ -370,3 +370,50 @@ def test_notebooks_import_earlier_code_only_through_previous_chapters():
             for cell in json.loads(notebook.read_text())["cells"]:
                 if cell["cell_type"] == "code":
                     assert export.PACKAGE not in "".join(cell["source"]), notebook.name
+
+
+def _kernel_imports(notebook: Path) -> set[str]:
+    """Names a notebook's own kernel imports from previous_chapters (not those of subprocess scripts)."""
+    names: set[str] = set()
+    for cell in json.loads(notebook.read_text())["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"])
+        if source.startswith("%") or "\n%" in source:
+            continue
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ImportFrom) and node.module == "previous_chapters":
+                names |= {alias.name for alias in node.names}
+    return names
+
+
+def one_class_per_name_problems(notebook: Path) -> list[str]:
+    """Classes a notebook defines that its previous_chapters imports would bring in a second time."""
+    chapter = notebook.parent
+    own = {
+        node.name
+        for cell in export.export_cells(notebook)
+        for node in ast.parse(cell.source).body
+        if isinstance(node, ast.ClassDef)
+    }
+    own_names = {n for cell in export.export_cells(notebook) for n in export.defined_names(cell.source)}
+    imported = _kernel_imports(notebook)
+    needed = export.closure(imported, export.previous_cells(chapter, chapter.parent)) if imported else set()
+    return sorted((needed & own) | (imported & own_names))
+
+
+def test_a_kernel_never_holds_two_classes_of_one_name():
+    for chapter in export.chapter_dirs():
+        for notebook in export.chapter_notebooks(chapter):
+            assert one_class_per_name_problems(notebook) == [], notebook.name
+
+
+def test_the_two_classes_check_catches_a_forward_import(tmp_path):
+    chapter = tmp_path / "ch05_x"
+    chapter.mkdir()
+    _notebook(chapter / "ch05.ipynb", [("code", "from previous_chapters import make"), ("code", EXPORT_A)])
+    _notebook(chapter / "later.ipynb", [("code", "#| export\ndef make():\n    '''Make.'''\n    return A()")])
+    assert one_class_per_name_problems(chapter / "ch05.ipynb") == ["A"]
+
+
+EXPORT_A = "#| export\nclass A:\n    '''A.'''"
