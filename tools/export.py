@@ -6,8 +6,10 @@ this command writes
 * ``gpt_from_scratch/chNN.py``: one module per chapter with export cells (main notebook first,
   then companions by name). A module imports what it uses from earlier chapters explicitly
   (``from .ch04 import GPTModel``); scripts, tests and readers import the package.
-* ``chNN_*/previous_chapters.py``: the export cells of all earlier chapters in one self-contained
-  file, for chapters whose notebooks import it (one file next to a notebook is enough, e.g. in Colab).
+* ``chNN_*/previous_chapters.py``: for a folder whose notebooks import it, the names they import
+  (``from previous_chapters import ...``, subprocess scripts included) and every top-level definition
+  those need, transitively, from the export cells of earlier chapters and of the folder's own
+  notebooks; one self-contained file (one file next to a notebook is enough, e.g. in Colab).
 * the first code cell of every notebook (the setup cell) and the "Open in Colab" link above it, and the
   Colab links in ``README.md``, from ``shared/colab.py``.
 
@@ -15,7 +17,7 @@ Every generated block starts with a ``# Source:`` line naming its notebook and s
 Python is formatted with ruff, so ``ruff format --check`` holds for it too.
 
     python -m tools.export          # regenerate
-    python -m tools.export --check  # exit 1 if anything differs (used by the tests)
+    python -m tools.export --check  # exit 1 if anything differs (tests/test_tools_export.py checks drift)
 """
 
 from __future__ import annotations
