@@ -113,7 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def base_model(args: argparse.Namespace, device: torch.device) -> LoadedBaseModel:
-    """Section 6.4's pretrained model with its record: which weights (``gpt2`` or ``books``) and a line on them."""
+    """Section 6.4's pretrained model and its record: which weights, and a line saying so."""
     from shared.data import fetch_gpt2_safetensors
 
     try:

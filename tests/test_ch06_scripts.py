@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from gpt_from_scratch.ch04 import GPT_CONFIG_124M

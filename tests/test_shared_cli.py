@@ -182,7 +182,6 @@ def test_defaults_are_added_to_help_once():
 
 # Every command-line script of the course: a chapter folder's .py file other than previous_chapters.py
 SCRIPTS = sorted(p for p in REPO_ROOT.glob("ch*_*/*.py") if p.name != "previous_chapters.py")
-ON_THEIR_WAY = {"train.py"}  # adopts shared.cli with the training core (branch c1-train)
 RENAMED = ("--checkpoint-dir", "--gpt2")  # now --out-dir, and --weights gpt2 --size SIZE
 SAME_HELP = ("--device", "--threads", "--weights", "--size", "--books-dir")  # one text everywhere
 SAME_START = {
@@ -218,11 +217,8 @@ def script_id(script: Path) -> str:
 
 
 def script_params() -> list:
-    """SCRIPTS as pytest parameters; those on their way to shared.cli may still fail."""
-    on_way = pytest.mark.xfail(reason="adopts shared.cli on branch c1-train", strict=False)
-    return [
-        pytest.param(p, id=script_id(p), marks=[on_way] if p.name in ON_THEIR_WAY else []) for p in SCRIPTS
-    ]
+    """SCRIPTS as pytest parameters, each with its id."""
+    return [pytest.param(p, id=script_id(p)) for p in SCRIPTS]
 
 
 def test_the_scripts_are_found():

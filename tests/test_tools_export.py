@@ -27,7 +27,7 @@ sys.meta_path.insert(0, BlockCourse())
 def test_generated_files_are_up_to_date():
     stale = export.drift()
     assert not stale, (
-        "generated files differ from the notebooks: "
+        "generated files differ from the notebooks (this test is the drift check; CI runs no other): "
         + ", ".join(str(p.relative_to(ROOT)) for p in stale)
         + f". Run `{export.COMMAND}` and commit the result."
     )
@@ -267,3 +267,156 @@ def test_setup_cells_come_from_the_one_template():
         if p.suffix in (".py", ".sh") and ".venv" not in p.parts and REPO_URL in p.read_text(errors="ignore")
     ]
     assert [p.relative_to(ROOT).as_posix() for p in hits] == ["shared/colab.py"]
+
+
+def _top_level_names(text: str) -> set[str]:
+    return set(export.defined_names(text))
+
+
+def _undefined_or_unused(text: str, filename: str) -> str:
+    """ruff's report of undefined names (F821) and unused imports (F401) in ``text``; empty when clean."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ruff",
+            "check",
+            "--isolated",
+            "--select",
+            "F821,F401",
+            "--stdin-filename",
+            filename,
+            "--output-format",
+            "concise",
+            "-",
+        ],
+        input=text,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    return "" if result.returncode == 0 else result.stdout + result.stderr
+
+
+GENERATED_FILES = sorted(ROOT.glob(f"ch*/{export.GENERATED}"))
+
+
+@pytest.mark.parametrize("path", GENERATED_FILES, ids=[p.parent.name for p in GENERATED_FILES])
+def test_previous_chapters_has_every_imported_name_and_its_dependencies(path, tmp_path):
+    text = path.read_text()
+    assert _undefined_or_unused(text, path.name) == ""
+    wanted = set().union(*(export.imported_from_previous(nb) for nb in export.chapter_notebooks(path.parent)))
+    assert wanted and wanted <= _top_level_names(text), wanted - _top_level_names(text)
+    (tmp_path / export.GENERATED).write_text(text)
+    code = BLOCK_COURSE + f"from previous_chapters import {', '.join(sorted(wanted))}"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_missing_dependency_is_caught():
+    path = ROOT / "ch07_instruction" / export.GENERATED
+    tree = ast.parse(path.read_text())
+    lines = path.read_text().splitlines()
+    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "text_to_token_ids")
+    planted = "\n".join(lines[: node.lineno - 1] + lines[node.end_lineno :]) + "\n"
+    assert "text_to_token_ids" in _undefined_or_unused(planted, path.name)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="2,705 lines on a-export: the closure of what base_model, speed and ch06_comparisons import "
+    "needs the other parts of issue 19 (one model family, one GPT-2 mapping) to fit; drop this mark then",
+)
+def test_previous_chapters_stay_small():
+    total = sum(len(p.read_text().splitlines()) for p in GENERATED_FILES)
+    assert total <= 2000, f"previous_chapters.py files hold {total} lines together; the budget is 2,000"
+
+
+def test_closure_follows_bodies_defaults_decorators_and_bases(tmp_path):
+    _notebook(
+        tmp_path / "nb.ipynb",
+        [
+            (
+                "code",
+                "#| export\nimport functools\nimport math\n\nSCALE = 2\nUNUSED = 3\n\n\n"
+                'def deco(f):\n    """Decorator."""\n    return f\n\n\n'
+                'class Base:\n    """Base."""\n\n\n'
+                'def helper(x=SCALE):\n    """Helper."""\n    return math.sqrt(x)\n\n\n'
+                '@deco\nclass Child(Base):\n    """Child."""\n\n    def f(self):\n'
+                '        """F."""\n        return helper()\n',
+            )
+        ],
+    )
+    cells = export.export_cells(tmp_path / "nb.ipynb")
+    assert export.closure({"Child"}, cells) == {"Child", "Base", "deco", "helper", "SCALE"}
+    imports, blocks = export._kept_blocks(cells, {"helper", "SCALE"}, tmp_path)
+    assert imports == ["import math"] and "UNUSED" not in blocks[0] and "class Base" not in blocks[0]
+    with pytest.raises(export.ExportError, match="nowhere"):
+        export.closure({"nowhere"}, cells)
+
+
+def test_imports_are_found_in_cells_and_subprocess_scripts(tmp_path):
+    _notebook(
+        tmp_path / "nb.ipynb",
+        [
+            ("code", "from previous_chapters import (\n    A,\n    b,\n)\nimport os"),
+            ("code", 'SCRIPT = """\nfrom previous_chapters import C, d  # comment\n"""'),
+            ("code", "from gpt_from_scratch.ch04 import E"),
+        ],
+    )
+    assert export.imported_from_previous(tmp_path / "nb.ipynb") == {"A", "b", "C", "d"}
+
+
+def test_notebooks_import_earlier_code_only_through_previous_chapters():
+    for chapter in export.chapter_dirs():
+        for notebook in export.chapter_notebooks(chapter):
+            for cell in json.loads(notebook.read_text())["cells"]:
+                if cell["cell_type"] == "code":
+                    assert export.PACKAGE not in "".join(cell["source"]), notebook.name
+
+
+def _kernel_imports(notebook: Path) -> set[str]:
+    """Names a notebook's own kernel imports from previous_chapters (not those of subprocess scripts)."""
+    names: set[str] = set()
+    for cell in json.loads(notebook.read_text())["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"])
+        if source.startswith("%") or "\n%" in source:
+            continue
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ImportFrom) and node.module == "previous_chapters":
+                names |= {alias.name for alias in node.names}
+    return names
+
+
+def one_class_per_name_problems(notebook: Path) -> list[str]:
+    """Classes a notebook defines that its previous_chapters imports would bring in a second time."""
+    chapter = notebook.parent
+    own = {
+        node.name
+        for cell in export.export_cells(notebook)
+        for node in ast.parse(cell.source).body
+        if isinstance(node, ast.ClassDef)
+    }
+    own_names = {n for cell in export.export_cells(notebook) for n in export.defined_names(cell.source)}
+    imported = _kernel_imports(notebook)
+    needed = export.closure(imported, export.previous_cells(chapter, chapter.parent)) if imported else set()
+    return sorted((needed & own) | (imported & own_names))
+
+
+def test_a_kernel_never_holds_two_classes_of_one_name():
+    for chapter in export.chapter_dirs():
+        for notebook in export.chapter_notebooks(chapter):
+            assert one_class_per_name_problems(notebook) == [], notebook.name
+
+
+def test_the_two_classes_check_catches_a_forward_import(tmp_path):
+    chapter = tmp_path / "ch05_x"
+    chapter.mkdir()
+    _notebook(chapter / "ch05.ipynb", [("code", "from previous_chapters import make"), ("code", EXPORT_A)])
+    _notebook(chapter / "later.ipynb", [("code", "#| export\ndef make():\n    '''Make.'''\n    return A()")])
+    assert one_class_per_name_problems(chapter / "ch05.ipynb") == ["A"]
+
+
+EXPORT_A = "#| export\nclass A:\n    '''A.'''"

@@ -6,8 +6,10 @@ this command writes
 * ``gpt_from_scratch/chNN.py``: one module per chapter with export cells (main notebook first,
   then companions by name). A module imports what it uses from earlier chapters explicitly
   (``from .ch04 import GPTModel``); scripts, tests and readers import the package.
-* ``chNN_*/previous_chapters.py``: the export cells of all earlier chapters in one self-contained
-  file, for chapters whose notebooks import it (one file next to a notebook is enough, e.g. in Colab).
+* ``chNN_*/previous_chapters.py``: for a folder whose notebooks import it, the names they import
+  (``from previous_chapters import ...``, subprocess scripts included) and every top-level definition
+  those need, transitively, from the export cells of earlier chapters and of the folder's own
+  notebooks; one self-contained file (one file next to a notebook is enough, e.g. in Colab).
 * the first code cell of every notebook (the setup cell) and the "Open in Colab" link above it, and the
   Colab links in ``README.md``, from ``shared/colab.py``.
 
@@ -15,7 +17,7 @@ Every generated block starts with a ``# Source:`` line naming its notebook and s
 Python is formatted with ruff, so ``ruff format --check`` holds for it too.
 
     python -m tools.export          # regenerate
-    python -m tools.export --check  # exit 1 if anything differs (used by the tests)
+    python -m tools.export --check  # exit 1 if anything differs (tests/test_tools_export.py checks drift)
 """
 
 from __future__ import annotations
@@ -271,16 +273,137 @@ def package_module_source(chapter: Path, root: Path = ROOT) -> str:
     return _assemble(header, imports, blocks, f"{PACKAGE}/{module_name(chapter)}.py")
 
 
-def previous_chapters_source(chapter: Path, root: Path = ROOT) -> str:
-    """The expected contents of ``chapter/previous_chapters.py``: all earlier export cells."""
+PREVIOUS_IMPORT = re.compile(r"^[ \t]*from previous_chapters import (\([^)]*\)|[^\n]*)", re.M)
+
+
+def imported_from_previous(notebook: Path) -> set[str]:
+    """Names a notebook imports with ``from previous_chapters import ...`` (in subprocess scripts too)."""
+    names: set[str] = set()
+    for cell in _cells(notebook):
+        if cell["cell_type"] != "code":
+            continue
+        for match in PREVIOUS_IMPORT.finditer(_cell_source(cell)):
+            spec = match[1].split("#")[0] if not match[1].startswith("(") else match[1]
+            node = ast.parse("from previous_chapters import " + spec.strip()).body[0]
+            names |= {alias.name for alias in node.names}
+    return names
+
+
+def _loaded_names(node: ast.AST) -> set[str]:
+    """Plain names a statement reads: bodies, defaults, decorators, annotations, bases."""
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Store)}
+
+
+@dataclass(frozen=True)
+class _Statement:
+    cell: ExportCell
+    node: ast.stmt
+    defines: tuple[str, ...]
+    uses: frozenset[str]
+
+
+def _statements(cells: list[ExportCell]) -> list[_Statement]:
+    found = []
+    for cell in cells:
+        for node in ast.parse(cell.source).body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            defines = tuple(defined_names(ast.unparse(node)))
+            found.append(_Statement(cell, node, defines, frozenset(_loaded_names(node))))
+    return found
+
+
+def closure(wanted: set[str], cells: list[ExportCell]) -> set[str]:
+    """The top-level names of ``cells`` that ``wanted`` needs, transitively (``wanted`` included)."""
+    by_name = {name: st for st in _statements(cells) for name in st.defines}
+    missing = wanted - by_name.keys()
+    if missing:
+        raise ExportError(f"imported from previous_chapters but defined by no export cell: {sorted(missing)}")
+    keep, todo = set(), list(wanted)
+    while todo:
+        name = todo.pop()
+        if name in keep:
+            continue
+        keep.add(name)
+        todo += [used for used in by_name[name].uses if used in by_name and used not in keep]
+    return keep
+
+
+def _import_bindings(node: ast.Import | ast.ImportFrom) -> list[tuple[str, str]]:
+    """(bound name, one-name import statement) for each name an import binds."""
+    out = []
+    for alias in node.names:
+        if isinstance(node, ast.Import):
+            bound = alias.asname or alias.name.split(".")[0]
+            text = f"import {alias.name}" + (f" as {alias.asname}" if alias.asname else "")
+        else:
+            bound = alias.asname or alias.name
+            module = "." * node.level + (node.module or "")
+            text = f"from {module} import {alias.name}" + (f" as {alias.asname}" if alias.asname else "")
+        out.append((bound, text))
+    return out
+
+
+def _kept_blocks(cells: list[ExportCell], keep: set[str], root: Path) -> tuple[list[str], list[str]]:
+    """Imports and provenance-stamped blocks of only the statements that define a name in ``keep``."""
+    imports: list[str] = []
+    blocks: list[str] = []
+    needed: set[str] = set()
+    for cell in cells:
+        lines = cell.source.splitlines()
+        tree = ast.parse(cell.source)
+        drop: set[int] = set()
+        kept_any = False
+        bindings = []
+        for node in tree.body:
+            start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])]) - 1
+            while start > 0 and lines[start - 1].lstrip().startswith("#") and (start - 1) not in drop:
+                start -= 1  # comments right above a statement go with it
+            span = range(start, node.end_lineno)
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                bindings += _import_bindings(node)
+                drop.update(span)
+            elif set(defined_names(ast.unparse(node))) & keep:
+                kept_any = True
+                needed |= _loaded_names(node)
+            else:
+                drop.update(span)
+        for bound, text in bindings:
+            if bound in needed:
+                imports.append(text)
+        if kept_any:
+            body = "\n".join(ln for i, ln in enumerate(lines) if i not in drop).strip("\n")
+            body = re.sub(r"\n{4,}", "\n\n\n", body)
+            blocks.append(cell.provenance(root) + "\n" + body)
+    return imports, blocks
+
+
+def previous_cells(chapter: Path, root: Path = ROOT) -> list[ExportCell]:
+    """Export cells a folder's notebooks may import from: earlier chapters', then the folder's own."""
     earlier = [c for c in chapter_dirs(root) if c.name < chapter.name]
-    cells = [cell for c in earlier for cell in chapter_cells(c)]
-    imports, blocks = _blocks(cells, root)
-    names = ", ".join(c.name for c in earlier if chapter_cells(c))
+    return [cell for c in [*earlier, chapter] for cell in chapter_cells(c)]
+
+
+def previous_chapters_names(chapter: Path, root: Path = ROOT) -> set[str]:
+    """The closure of what the folder's notebooks import from ``previous_chapters``."""
+    wanted = set().union(*(imported_from_previous(nb) for nb in chapter_notebooks(chapter)))
+    return closure(wanted, previous_cells(chapter, root))
+
+
+def previous_chapters_source(chapter: Path, root: Path = ROOT) -> str:
+    """The expected ``chapter/previous_chapters.py``: what its notebooks import, and what that needs."""
+    cells = previous_cells(chapter, root)
+    keep = previous_chapters_names(chapter, root)
+    imports, blocks = _kept_blocks(cells, keep, root)
+    sources = dict.fromkeys(
+        c.notebook.relative_to(root).as_posix() for c in cells if set(defined_names(c.source)) & keep
+    )
+    names = "".join(f"#   {name}\n" for name in sources)
     header = (
-        f"# AUTOGENERATED by `{COMMAND}` from the `{EXPORT_MARKER}` cells of\n# {names}.\n"
+        f"# AUTOGENERATED by `{COMMAND}` from the `{EXPORT_MARKER}` cells of\n{names}"
+        "# only what this folder's notebooks import from it, and what that needs.\n"
         "# Do not edit: change the notebooks, then run the command again.\n"
-        '"""Code from earlier chapters of the course, for use next to this chapter\'s notebook."""\n'
+        '"""Code from earlier chapters of the course, for use next to this chapter\'s notebooks."""\n'
     )
     return _assemble(header, imports, blocks, f"{chapter.name}/{GENERATED}")
 
