@@ -85,13 +85,13 @@ def base_model(args: argparse.Namespace) -> torch.nn.Module:
 
     download = fetch_gpt2_safetensors if args.source == "hf" else fetch_gpt2_checkpoint
     try:
-        model, source = load_base_model(
+        base = load_base_model(
             args.size, weights=base_weights(args), books_dir=args.books_dir, gpt2_download=download
         )
     except BaseModelUnavailable as err:
         raise SystemExit(f"error: no base model: {err}") from None
-    print(source, file=sys.stderr)
-    return model
+    print(base.description, file=sys.stderr)
+    return base.model
 
 
 def continue_text(
