@@ -5,6 +5,7 @@
 #   ch05_pretraining/base_model.ipynb
 #   ch05_pretraining/speed.ipynb
 #   ch06_classification/ch06.ipynb
+#   ch07_instruction/ch07.ipynb
 # only what this folder's notebooks import from it, and what that needs.
 # Do not edit: change the notebooks, then run the command again.
 """Code from earlier chapters of the course, for use next to this chapter's notebooks."""
@@ -13,6 +14,7 @@ import functools
 import json
 import math
 import os
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -1223,3 +1225,32 @@ def merge_lora(model: nn.Module) -> nn.Module:
     for parent, name, child in targets:
         setattr(parent, name, child.merged_linear())
     return model
+
+
+# Source: ch07_instruction/ch07.ipynb, 7.2.1 The prompt format
+ALPACA_INTRO = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request."
+)
+
+
+def format_instruction_prompt(entry: dict) -> str:
+    """The Alpaca-style prompt of an entry: introduction, instruction, input if any, response header."""
+    text = f"{ALPACA_INTRO}\n\n### Instruction:\n{entry['instruction']}"
+    if entry.get("input", "").strip():
+        text += f"\n\n### Input:\n{entry['input']}"
+    return text + "\n\n### Response:\n"
+
+
+# Source: ch07_instruction/ch07.ipynb, 7.2.2 Training, validation and test sets
+def split_instruction_data(
+    entries: list, seed: int = 123, train_frac: float = 0.85, test_frac: float = 0.10
+) -> tuple[list, list, list]:
+    """Shuffle with ``seed`` and split into (train, validation, test); validation gets what is left."""
+    if not (0 < train_frac and 0 <= test_frac and train_frac + test_frac <= 1):
+        raise ValueError(f"need 0 < train_frac, 0 <= test_frac, sum <= 1; got {train_frac}, {test_frac}")
+    order = list(range(len(entries)))
+    random.Random(seed).shuffle(order)
+    shuffled = [entries[i] for i in order]
+    n_train, n_test = int(len(entries) * train_frac), int(len(entries) * test_frac)
+    return shuffled[:n_train], shuffled[n_train + n_test :], shuffled[n_train : n_train + n_test]
