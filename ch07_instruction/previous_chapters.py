@@ -1192,6 +1192,7 @@ class LoRALinear(nn.Module):
         return merged
 
 
+# Source: ch06_classification/ch06.ipynb, 6.9.2 LoRA: finetuning through small adapters
 def apply_lora(model: nn.Module, rank: int, alpha: float) -> nn.Module:
     """Wrap every ``nn.Linear`` of ``model`` in a ``LoRALinear`` (in place); only the adapters train."""
     if isinstance(model, (nn.Linear, LoRALinear)):

@@ -154,6 +154,7 @@ def calc_cls_loss_batch(
     return F.cross_entropy(logits, target_batch.to(device))
 
 
+# Source: ch06_classification/ch06.ipynb, 6.6 Loss and accuracy on the last token
 def _check_batches(data_loader, num_batches: int | None) -> int:
     """How many batches to read: all, or the first ``num_batches``; an empty loader is an error."""
     if len(data_loader) == 0:
@@ -207,6 +208,7 @@ def evaluate_classifier(
     return train_loss, val_loss
 
 
+# Source: ch06_classification/ch06.ipynb, 6.7 Finetuning
 def train_classifier(
     model: nn.Module,
     train_loader,
@@ -411,6 +413,7 @@ class LoRALinear(nn.Module):
         return merged
 
 
+# Source: ch06_classification/ch06.ipynb, 6.9.2 LoRA: finetuning through small adapters
 def apply_lora(model: nn.Module, rank: int, alpha: float) -> nn.Module:
     """Wrap every ``nn.Linear`` of ``model`` in a ``LoRALinear`` (in place); only the adapters train."""
     if isinstance(model, (nn.Linear, LoRALinear)):
