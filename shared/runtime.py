@@ -45,9 +45,15 @@ FULL_MODE_COST = {
         "about an hour of pretraining on 2 CPU cores (the notebook resumes a run made beforehand with"
         " train.py), 15 minutes for the size comparison and about 1 GB of disk"
     ),
-    "ch06_classification": f"about 10 minutes of finetuning on a laptop CPU; {NEEDS_BASE_MODEL}",
+    "ch06_classification": (
+        "with the books model, about 10 minutes of finetuning on a laptop CPU; with GPT-2 124M, about"
+        " 30 minutes (5 epochs in 6.7, every layer in 6.9.3; estimated from the book's 6 minutes for 6.7)"
+        f" after a 550 MB download; {NEEDS_BASE_MODEL}"
+    ),
     "ch06_classification/ch06_comparisons.ipynb": (
-        f"about 25 minutes of finetuning on a laptop CPU; {NEEDS_BASE_MODEL}"
+        "with the books model, about 25 minutes of finetuning on a laptop CPU; with GPT-2 124M, roughly"
+        " 3 hours (9 runs of 5 epochs each, one padded to 1,024 tokens; an estimate, a GPU takes minutes)"
+        f" after a 550 MB download; {NEEDS_BASE_MODEL}"
     ),
     "ch07_instruction": f"about 15 minutes of finetuning and generation on a laptop CPU; {NEEDS_BASE_MODEL}",
 }
