@@ -82,3 +82,10 @@ def test_help_shows_the_examples(run_script):
     assert out.startswith("usage: ch06_classification/finetune.py")
     assert "python ch06_classification/finetune.py --lora --rank 8 --alpha 16" in out
     assert "--lora" in out and "--out-dir" in out
+
+
+def test_the_default_epochs_follow_the_chapter(script_module):
+    script = script_module(FINETUNE)
+    assert script.chapter_epochs("gpt2") == 5  # the book's recipe
+    assert script.chapter_epochs("books") == 2
+    assert script.parse_args([]).epochs is None  # chosen once the base model is known
