@@ -38,6 +38,19 @@ REQUIRED = {
         "lr_schedule",
         "train_model_run",
     },
+    "ch06_classification/ch06.ipynb": {  # issue 20: at least 8 diagrams, curves with a point per evaluation
+        "pipeline",
+        "balance_split",
+        "padding",
+        "head_swap",
+        "trainable_layers",
+        "last_token_mask",
+        "training_step",
+        "loss_curves",
+        "acc_curves",
+        "confusion_matrix",
+        "lora",
+    },
 }
 
 
