@@ -26,13 +26,12 @@ from pathlib import Path
 
 import torch
 
-from shared.runtime import REPO_ROOT, checkpoint_dir, get_device, is_quick, set_seed
+from shared.runtime import REPO_ROOT, books_model_dir, checkpoint_dir, get_device, is_quick, set_seed
 
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 WEIGHTS_CHOICES = ("auto", "gpt2", "books")
-BOOKS_MODEL_DIR = "books"  # checkpoint_dir's name of the course's books model (train.py --data books)
 # A folder default: a name for checkpoint_dir, or a function of the parsed arguments that returns one
-DirDefault = str | Callable[[argparse.Namespace], str]
+DirDefault = str | Callable[[argparse.Namespace], str | Path]  # a checkpoint_dir name, or a folder
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -69,7 +68,8 @@ class ScriptParser(argparse.ArgumentParser):
             if value is not None:
                 setattr(parsed, dest, Path(value))
             elif name is not None:
-                setattr(parsed, dest, course_dir(name(parsed) if callable(name) else name, quick=quick))
+                target = name(parsed) if callable(name) else name  # a checkpoint_dir name, or a folder
+                setattr(parsed, dest, target if isinstance(target, Path) else course_dir(target, quick=quick))
         return parsed, extras
 
 
@@ -206,13 +206,13 @@ def add_base_model(parser: ScriptParser, size: str = "124M") -> None:
         default=size,
         help="GPT-2 size, when GPT-2 weights are used",
     )
-    parser.default_dirs["books_dir"] = BOOKS_MODEL_DIR
+    parser.default_dirs["books_dir"] = lambda args: books_model_dir(quick=bool(getattr(args, "quick", False)))
     parser.add_argument(
         "--books-dir",
         default=None,
         metavar="DIR",
-        help=f"folder of the books model, written by train.py --data books (default: checkpoints/"
-        f"{BOOKS_MODEL_DIR}, or {BOOKS_MODEL_DIR}-quick in quick mode)",
+        help="folder of the books model (default: the copy that ships with the course, "
+        "ch05_pretraining/books_model; in quick mode checkpoints/books-quick, written by quick runs)",
     )
 
 
