@@ -21,7 +21,7 @@ from shared.cli import (
     script_parser,
     setup_runtime,
 )
-from shared.runtime import REPO_ROOT
+from shared.runtime import REPO_ROOT, SHIPPED_BOOKS_MODEL
 
 DOC = """A demo script.
 
@@ -84,7 +84,7 @@ def test_flags_only_on_request():
 
 def test_default_folders_go_through_checkpoint_dir(checkpoints):
     args = script_parser(DOC, **ALL_FLAGS).parse_args([])
-    assert args.out_dir == checkpoints / "demo" and args.books_dir == checkpoints / "books"
+    assert args.out_dir == checkpoints / "demo" and args.books_dir == SHIPPED_BOOKS_MODEL  # shipped
     assert (args.seed, args.device, args.weights, args.size, args.threads) == (
         7,
         "auto",
@@ -102,6 +102,7 @@ def test_quick_flag_and_quick_mode_pick_the_quick_folders(checkpoints, monkeypat
     monkeypatch.setenv("COURSE_QUICK", "1")
     args = script_parser(DOC, **ALL_FLAGS).parse_args([])
     assert args.quick and args.out_dir == checkpoints / "demo-quick"  # from checkpoint_dir itself
+    assert args.books_dir == checkpoints / "books-quick"  # the tiny model of quick runs
     assert course_dir("demo", quick=True) == checkpoints / "demo-quick"  # never demo-quick-quick
 
 
