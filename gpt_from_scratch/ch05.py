@@ -1054,14 +1054,20 @@ BASE_MODEL_WEIGHTS = "model.safetensors"
 BASE_MODEL_CONFIG = "config.json"
 
 
-def save_base_model(model: nn.Module, folder: str | os.PathLike, **facts) -> Path:
-    """Write ``model`` as a base-model folder: model.safetensors and config.json (its cfg plus ``facts``)."""
+def save_base_model(
+    model: nn.Module, folder: str | os.PathLike, dtype: torch.dtype | None = None, **facts
+) -> Path:
+    """Write ``model`` as a base-model folder: model.safetensors (floats as ``dtype``) and config.json."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {name: t.detach().cpu().clone() for name, t in model.state_dict().items()}
+    if dtype is not None:  # e.g. torch.bfloat16: half the bytes; loading casts back to the model's dtype
+        state = {name: t.to(dtype) if t.is_floating_point() else t for name, t in state.items()}
     config = {"model": dict(model.cfg), "tokenizer": "gpt2", **facts}
+    if dtype is not None:
+        config["dtype"] = str(dtype).removeprefix("torch.")
     for name, content in ((BASE_MODEL_WEIGHTS, None), (BASE_MODEL_CONFIG, json.dumps(config, indent=1))):
         tmp = folder / (name + ".tmp")
         if content is None:
@@ -1167,7 +1173,8 @@ def load_base_model(
         "Two ways to get weights:\n"
         f"  - download OpenAI's GPT-2 {size} ({gigabytes}): {GPT2_SAFETENSORS_URL.format(repo=repo)}\n"
         "    (the course does it with shared.data.fetch_gpt2_safetensors; pass it as gpt2_download);\n"
-        "  - or pretrain the course's own books model (about 60 minutes on 2 CPU cores), from the\n"
+        "  - or use the course's own books model: it ships in ch05_pretraining/books_model (pass that\n"
+        "    folder as books_dir); to train it again (about 60 minutes on 2 CPU cores), from the\n"
         f"    repository root: {BOOKS_COMMAND}\n"
         "    (in quick mode, COURSE_QUICK=1, ch05_pretraining/base_model.ipynb makes a tiny one in seconds)."
     )

@@ -90,6 +90,33 @@ def checkpoint_dir(name: str) -> Path:
     return root / (f"{name}-quick" if is_quick() else name)
 
 
+# The books model that ships with the course (bf16 weights and config.json, written by section 9 of
+# ch05_pretraining/base_model.ipynb from the run of train.py --data books; see README "The books model").
+SHIPPED_BOOKS_MODEL = REPO_ROOT / "ch05_pretraining" / "books_model"
+
+
+def books_model_dir(quick: bool = False) -> Path:
+    """The books model's folder: the copy that ships with the course; in quick mode the tiny model's folder.
+
+    Quick mode (``COURSE_QUICK=1``, or ``quick`` for a script's ``--quick``) uses the tiny model that
+    quick runs of ``base_model.ipynb`` and ``train.py`` write, ``checkpoints/books-quick``. Where the
+    shipped weights are missing (a notebook copied without the repository), they are fetched like
+    any course file; if that fails too, the shipped path is returned and the loader says what is missing.
+    """
+    if quick or is_quick():
+        return checkpoint_dir("books" if is_quick() else "books-quick")
+    if not (SHIPPED_BOOKS_MODEL / "model.safetensors").is_file():
+        from shared.data import DownloadError, fetch
+
+        try:
+            for part in ("config.json", "model.safetensors"):
+                folder = fetch(f"books_model/{part}", quiet=True).parent
+        except DownloadError:
+            return SHIPPED_BOOKS_MODEL
+        return folder
+    return SHIPPED_BOOKS_MODEL
+
+
 def set_seed(seed: int = 123) -> None:
     """Seed Python's, NumPy's and PyTorch's random number generators."""
     random.seed(seed)
