@@ -38,6 +38,21 @@ REQUIRED = {
         "lr_schedule",
         "train_model_run",
     },
+    "ch07_instruction/ch07.ipynb": {
+        "pipeline",
+        "prompt_format",
+        "split",
+        "ignore_index",
+        "collate_pad",
+        "collate_shift",
+        "collate_minus_100",
+        "collate_prompt_masked",
+        "respond",
+        "judge_loop",
+        "experiments",
+        "prompt_masking",
+        "lora_head",
+    },
 }
 
 
