@@ -77,6 +77,13 @@ def _entries() -> list[RemoteFile]:
             203524,
         ),
         RemoteFile(
+            "instruction-data-with-response.json",
+            (f"{RAW_BOOK}/ch07/01_main-chapter-code/instruction-data-with-response.json",),
+            "aced320504c77c98d957316eb9f3460945256226c36b5e9752bf7d49585eb943",
+            29279,
+            note="the book's test set with its GPT-2 355M responses (key model_response)",
+        ),
+        RemoteFile(
             "instruction-data-with-preference.json",
             (f"{RAW_BOOK}/ch07/04_preference-tuning-with-dpo/instruction-data-with-preference.json",),
             "305315abf14f65fa42c01a0877572f832606571c2a7d49f152ac1d758b16756e",

@@ -55,7 +55,11 @@ FULL_MODE_COST = {
         " 3 hours (9 runs of 5 epochs each, one padded to 1,024 tokens; an estimate, a GPU takes minutes)"
         f" after a 550 MB download; {NEEDS_BASE_MODEL}"
     ),
-    "ch07_instruction": f"about 15 minutes of finetuning and generation on a laptop CPU; {NEEDS_BASE_MODEL}",
+    "ch07_instruction": (
+        "with the course's books model about 15 minutes of finetuning and generation on a laptop CPU;"
+        " with GPT-2 355M (a 1.5 GB download) more than an hour on a laptop CPU, minutes on a GPU;"
+        f" {NEEDS_BASE_MODEL}"
+    ),
 }
 SWITCH_HINT = (
     "To switch, run `%env COURSE_QUICK={value}` in a cell, then the notebook again from the top"

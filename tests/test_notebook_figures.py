@@ -51,6 +51,21 @@ REQUIRED = {
         "confusion_matrix",
         "lora",
     },
+    "ch07_instruction/ch07.ipynb": {
+        "pipeline",
+        "prompt_format",
+        "split",
+        "ignore_index",
+        "collate_pad",
+        "collate_shift",
+        "collate_minus_100",
+        "collate_prompt_masked",
+        "respond",
+        "judge_loop",
+        "experiments",
+        "prompt_masking",
+        "lora_head",
+    },
 }
 
 
