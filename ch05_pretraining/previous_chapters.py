@@ -894,6 +894,7 @@ def _load_books(folder: Path) -> tuple[GPTModel, dict]:
     return model, config
 
 
+# Source: ch05_pretraining/base_model.ipynb, 9. One loader for every later chapter
 def load_base_model(
     size: str = "124M",
     weights: str | None = None,
