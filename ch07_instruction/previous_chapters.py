@@ -1074,6 +1074,7 @@ class FastDecoder:
         return linear(x, model.out_head.weight).float()  # (b, vocab_size); a tied head is read once
 
 
+# Source: ch05_pretraining/speed.ipynb, 6.3 A decoder laid out for one token at a time
 def next_token_ids(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None) -> torch.Tensor:
     """Token IDs (b,) from logits (b, vocab_size): the most likely, or sampled as chapter 5's ``generate``."""
     if top_k is not None:
@@ -1085,6 +1086,7 @@ def next_token_ids(logits: torch.Tensor, temperature: float = 0.0, top_k: int | 
     return logits.argmax(dim=-1)  # (b,)
 
 
+# Source: ch05_pretraining/speed.ipynb, 6.3 A decoder laid out for one token at a time
 def generate_text_fast(
     model: nn.Module,
     idx: torch.Tensor,
