@@ -165,7 +165,7 @@ GPT2_SIZES = ("124M", "355M", "774M", "1558M")
 # The shipped books model's files: name, sha256, bytes.
 BOOKS_MODEL_FILES = (
     ("model.safetensors", "3c6c8486c5c159e5535d0507f7b049f5f48d02cfef4220dd3fbba212e8845238", 28974616),
-    ("config.json", None, None),
+    ("config.json", "2bc4aaa71f8fa8d91e52d4786f541548b0b5394c7138812619b14575692be057", 877),
 )
 GPT2_CKPT_FILES = (
     "checkpoint",
