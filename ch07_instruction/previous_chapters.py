@@ -1005,9 +1005,10 @@ class FastDecoder:
     Works for ``GPTModel`` and ``GPTModelFast`` (same parameter names): ``self.model`` is a
     ``GPTModelFast`` sharing the model's weights, converted to ``dtype`` (default: the model's; e.g.
     ``torch.bfloat16`` reads half the bytes per token), with each block's query, key and value
-    weights stacked once. ``grouped`` (default: for float32 only, where it is faster) makes every product
-    ``grouped_matvec`` instead of ``F.linear``. A model whose parameters are not ``GPTModel``'s (e.g.
-    with LoRA adapters) is decoded in its own dtype by chapter 4's ``forward_with_cache`` (eval mode).
+    weights stacked once. ``grouped`` (default: for float32 only) makes every product
+    ``grouped_matvec`` instead of ``F.linear``; which is faster depends on the CPU (section 6.3
+    measures both). A model whose parameters are not ``GPTModel``'s (e.g. with LoRA adapters) is
+    decoded in its own dtype by chapter 4's ``forward_with_cache`` (eval mode).
     """
 
     def __init__(
