@@ -287,9 +287,10 @@ def extend_schedule(state: dict, args: argparse.Namespace) -> int:
 def sample(model: torch.nn.Module, prompt_ids: torch.Tensor, tokenizer, seed: int | None = None) -> str:
     """The prompt's continuation on one line: greedy, or with ``seed`` at temperature 0.8 and top-k 40."""
     model.eval()
+    sampled = {} if seed is None else {"temperature": 0.8, "top_k": 40}
     with torch.random.fork_rng(devices=[]):  # the training's random state is left as it was
-        sampled = {} if seed is None else {"temperature": 0.8, "top_k": 40}
-        torch.manual_seed(0 if seed is None else seed)
+        if seed is not None:
+            torch.manual_seed(seed)
         out = generate_text_fast(model, prompt_ids, SAMPLE_TOKENS, model.cfg["context_length"], **sampled)
     model.train()
     return token_ids_to_text(out.cpu(), tokenizer).replace("\n", " ")

@@ -27,7 +27,7 @@ from typing import TypeVar
 
 import torch
 
-from shared.runtime import REPO_ROOT, books_model_dir, checkpoint_dir, get_device, is_quick, set_seed
+from shared.runtime import REPO_ROOT, books_model_dir, course_dir, get_device, is_quick, set_seed
 
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 T = TypeVar("T")
@@ -73,11 +73,6 @@ class ScriptParser(argparse.ArgumentParser):
                 target = name(parsed) if callable(name) else name  # a checkpoint_dir name, or a folder
                 setattr(parsed, dest, target if isinstance(target, Path) else course_dir(target, quick=quick))
         return parsed, extras
-
-
-def course_dir(name: str, quick: bool = False) -> Path:
-    """``checkpoint_dir(name)``; for a quick run (``--quick``) the quick folder, ``<name>-quick``."""
-    return checkpoint_dir(f"{name}-quick" if quick and not is_quick() else name)
 
 
 def script_prog(script: str | os.PathLike) -> str:

@@ -94,6 +94,11 @@ def checkpoint_dir(name: str) -> Path:
     return root / (f"{name}-quick" if is_quick() else name)
 
 
+def course_dir(name: str, quick: bool = False) -> Path:
+    """``checkpoint_dir(name)``; for a quick run (a script's ``--quick``) the folder ``<name>-quick``."""
+    return checkpoint_dir(f"{name}-quick" if quick and not is_quick() else name)
+
+
 # The books model that ships with the course (bf16 weights and config.json, written by section 9 of
 # ch05_pretraining/base_model.ipynb from the run of train.py --data books; see README "The books model").
 SHIPPED_BOOKS_MODEL = REPO_ROOT / "ch05_pretraining" / "books_model"
@@ -108,7 +113,7 @@ def books_model_dir(quick: bool = False) -> Path:
     any course file; if that fails too, the shipped path is returned and the loader says what is missing.
     """
     if quick or is_quick():
-        return checkpoint_dir("books" if is_quick() else "books-quick")
+        return course_dir("books", quick=True)
     if not (SHIPPED_BOOKS_MODEL / "model.safetensors").is_file():
         from shared.data import DownloadError, fetch
 
