@@ -45,8 +45,6 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from gpt_from_scratch.ch05 import (
-    BaseModelUnavailable,
-    LoadedBaseModel,
     load_base_model,
     load_checkpoint,
     save_checkpoint,
@@ -60,7 +58,7 @@ from gpt_from_scratch.ch07 import (
     save_responses,
     split_instruction_data,
 )
-from shared.cli import add_out_dir, add_seed, base_weights, plain_args, script_parser, setup_runtime
+from shared.cli import add_out_dir, add_seed, load_base, plain_args, script_parser, setup_runtime
 
 QUICK = {"limit": 40, "epochs": 1, "max_new_tokens": 16}  # --quick: a few entries, one epoch, short replies
 
@@ -128,22 +126,6 @@ def data_path(name: str) -> Path:
     return path
 
 
-def base_model(args: argparse.Namespace, device: torch.device) -> LoadedBaseModel:
-    """The base model of ``--weights``/``--size``/``--books-dir``, with the record of which it is."""
-    from shared.data import fetch_gpt2_safetensors
-
-    try:
-        return load_base_model(
-            args.size,
-            weights=base_weights(args),
-            books_dir=args.books_dir,
-            gpt2_download=fetch_gpt2_safetensors,
-            device=device,
-        )
-    except BaseModelUnavailable as err:
-        raise SystemExit(f"error: no base model: {err}") from None
-
-
 def finetune(
     model: torch.nn.Module,
     train_loader: DataLoader,
@@ -192,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    base = base_model(args, device)
+    base = load_base(args, load_base_model, device)
     model, source = base.model, base.description
     print(f"base model: {source}")
     if args.init_from:

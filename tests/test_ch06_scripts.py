@@ -6,7 +6,7 @@ import pytest
 
 from gpt_from_scratch.ch04 import GPT_CONFIG_124M
 from gpt_from_scratch.ch06 import load_classifier
-from shared.runtime import REPO_ROOT
+from shared.runtime import REPO_ROOT, SHIPPED_BOOKS_MODEL
 
 FINETUNE = REPO_ROOT / "ch06_classification" / "finetune.py"
 
@@ -59,7 +59,7 @@ def test_default_folders_go_through_checkpoint_dir(tmp_path, monkeypatch, script
     args = parse([])
     assert (args.out_dir, args.books_dir, args.weights, args.quick) == (
         tmp_path / "ch06",
-        tmp_path / "books",
+        SHIPPED_BOOKS_MODEL,  # the books model that ships with the course
         "auto",
         False,
     )
@@ -82,3 +82,10 @@ def test_help_shows_the_examples(run_script):
     assert out.startswith("usage: ch06_classification/finetune.py")
     assert "python ch06_classification/finetune.py --lora --rank 8 --alpha 16" in out
     assert "--lora" in out and "--out-dir" in out
+
+
+def test_the_default_epochs_follow_the_chapter(script_module):
+    script = script_module(FINETUNE)
+    assert script.chapter_epochs("gpt2") == 5  # the book's recipe
+    assert script.chapter_epochs("books") == 2
+    assert script.parse_args([]).epochs is None  # chosen once the base model is known
