@@ -54,6 +54,7 @@ from gpt_from_scratch.ch02 import create_dataloader
 from gpt_from_scratch.ch04 import GPT_CONFIG_124M, GPTModel, gpt2_config
 from gpt_from_scratch.ch05 import (
     GPTModelFast,
+    atomic_write_text,
     bf16_supported,
     generate_text_fast,
     load_checkpoint,
@@ -243,8 +244,7 @@ def book_tokens(args: argparse.Namespace, folder: Path, tokenizer) -> tuple:
 
 def write_json(path: Path, data: dict) -> None:
     """Write ``data`` as JSON, atomically."""
-    Path(f"{path}.tmp").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(f"{path}.tmp", path)
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def steps_for_minutes(model: torch.nn.Module, train_tokens, val_tokens, device, args) -> int:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from gpt_from_scratch.ch05 import atomic_write, atomic_write_text
 from gpt_from_scratch.ch07 import (
     INSTRUCTION_KEYS,
     OFFLINE_METRICS,
@@ -168,9 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out_dir or files[0].parent
     out_dir.mkdir(parents=True, exist_ok=True)
     scores = pd.concat(tables, ignore_index=True)
-    scores.to_csv(out_dir / "scores.csv", index=False)
+    atomic_write(out_dir / "scores.csv", lambda tmp: scores.to_csv(tmp, index=False))
     means = pd.DataFrame(summary)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     shown = [c for c in scores.columns if c not in ("judge_reply", "judge_error")]
     report = [
         "# Instruction-following evaluation",
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         markdown_table(scores[shown]),
         "",
     ]
-    (out_dir / "report.md").write_text("\n".join(report), encoding="utf-8")
+    atomic_write_text(out_dir / "report.md", "\n".join(report))
     print(means.to_string(index=False))
     print("wrote", out_dir / "report.md", "and", out_dir / "scores.csv")
     return 0

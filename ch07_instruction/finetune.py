@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from gpt_from_scratch.ch05 import (
     BaseModelUnavailable,
     LoadedBaseModel,
+    atomic_write_text,
     load_base_model,
     load_checkpoint,
     save_checkpoint,
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         **history,
         "args": run_info["args"],
     }
-    (out_dir / "train_log.json").write_text(json.dumps(log, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out_dir / "train_log.json", json.dumps(log, indent=2) + "\n")
     print(
         f"finetuned for {total_steps} steps in {minutes:.2f} minutes; last losses: "
         f"train {history['train_losses'][-1]:.3f}, validation {history['val_losses'][-1]:.3f}"

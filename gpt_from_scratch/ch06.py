@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .ch04 import GPTModel
-from .ch05 import save_checkpoint
+from .ch05 import read_checkpoint, save_checkpoint
 
 # Source: ch06_classification/ch06.ipynb, 6.2 Preparing the data
 SPAM_LABELS = ("ham", "spam")  # class 0 and class 1
@@ -318,7 +318,7 @@ def load_classifier(
     path: str | os.PathLike, labels: tuple[str, ...] = SPAM_LABELS, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict]:
     """A classifier from ``save_classifier`` (eval mode) and its extras; its classes must match ``labels``."""
-    checkpoint = torch.load(path, map_location=device, weights_only=True)
+    checkpoint = read_checkpoint(path, device)  # a CourseFileError names an unreadable file
     extra, state = checkpoint["extra"], checkpoint["model_state_dict"]
     num_classes = state["out_head.weight"].shape[0]  # (num_classes, emb_dim)
     if num_classes != len(labels) or ("labels" in extra and tuple(extra["labels"]) != tuple(labels)):

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .ch05 import generate_text_fast, text_to_token_ids
+from .ch05 import atomic_write_text, generate_text_fast, text_to_token_ids
 
 # Source: ch07_instruction/ch07.ipynb, 7.2 The dataset
 INSTRUCTION_KEYS = ("instruction", "input", "output")
@@ -203,10 +203,7 @@ def generate_responses(
 
 def save_responses(entries: list[dict], path: str | os.PathLike) -> Path:
     """Write entries with their responses as indented UTF-8 JSON; return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(entries, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
+    return atomic_write_text(path, json.dumps(entries, indent=2, ensure_ascii=False) + "\n")
 
 
 # Source: ch07_instruction/ch07.ipynb, 7.8.1 Offline metrics (always available)
