@@ -33,10 +33,11 @@ from gpt_from_scratch.ch05 import (
     generate_text_fast,
     load_base_model,
     load_checkpoint,
+    read_checkpoint,
     text_to_token_ids,
     token_ids_to_text,
 )
-from shared.cli import base_weights, script_parser, setup_runtime
+from shared.cli import base_weights, script_main, script_parser, setup_runtime
 from shared.tokenizer import END_OF_TEXT_ID
 
 
@@ -71,7 +72,7 @@ def model_from_checkpoint(path: Path) -> torch.nn.Module:
     """A GPTModel rebuilt from the configuration stored in a train.py checkpoint."""
     if not path.is_file():
         raise SystemExit(f"error: no checkpoint at {path}")
-    extras = torch.load(path, map_location="cpu", weights_only=True)["extra"]
+    extras = read_checkpoint(path)["extra"]  # a CourseFileError names an unreadable file
     if "cfg" not in extras:
         raise SystemExit(f"error: {path} has no model configuration: was it written by train.py?")
     model = GPTModel(extras["cfg"])
@@ -108,6 +109,7 @@ def continue_text(
     return out
 
 
+@script_main
 def main(argv: list[str] | None = None) -> int:
     """Load a model, generate from the prompt, print the text; return the exit code."""
     args = parse_args(argv)

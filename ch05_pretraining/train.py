@@ -60,12 +60,13 @@ from gpt_from_scratch.ch05 import (
     load_checkpoint,
     lr_at_step,
     pretrain_on_tokens,
+    read_checkpoint,
     save_checkpoint,
     text_to_token_ids,
     token_ids_to_text,
     train_model,
 )
-from shared.cli import add_out_dir, add_seed, plain_args, script_parser, setup_runtime
+from shared.cli import add_out_dir, add_seed, plain_args, script_main, script_parser, setup_runtime
 from shared.data import read_text as read_course_text
 from shared.registry import FILES, GUTENBERG_BOOKS
 from shared.runtime import set_seed
@@ -231,7 +232,10 @@ def book_tokens(args: argparse.Namespace, folder: Path, tokenizer) -> tuple:
     for split, wanted in (("train", train_names), ("val", val_names)):
         path = folder / "tokens" / f"{split}.bin"
         meta = Path(f"{path}.json")
-        listed = json.loads(meta.read_text())["books"] if meta.is_file() and path.is_file() else []
+        try:
+            listed = json.loads(meta.read_text())["books"] if meta.is_file() and path.is_file() else []
+        except (ValueError, KeyError, TypeError):  # a damaged .json: tokenize again
+            listed = []
         if [b["name"] for b in listed] != wanted:  # tokenize once; again only for other books
             texts = {n: strip_gutenberg(read_course_text(f"gutenberg/{n}.txt")) for n in wanted}
             write_token_file(texts, tokenizer, path)
@@ -418,6 +422,7 @@ def train(args: argparse.Namespace, folder: Path, device: torch.device) -> int:
     return 0
 
 
+@script_main
 def main(argv: list[str] | None = None) -> int:
     """Train (or resume), saving checkpoints; return the exit code."""
     args = build_parser().parse_args(argv)
@@ -425,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and not (folder / CHECKPOINT).is_file():
         raise SystemExit(f"--resume: no checkpoint at {folder / CHECKPOINT}; train without --resume first")
     if args.resume:
-        saved = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True)["extra"]["args"]
+        saved = read_checkpoint(folder / CHECKPOINT)["extra"]["args"]  # CourseFileError if unreadable
         for key in RUN_ARGS:
             setattr(args, key, saved.get(key, LEGACY.get(key, getattr(args, key))))
     for key, value in {**DEFAULTS[args.data], "prompt": PROMPTS[args.data]}.items():

@@ -50,7 +50,15 @@ from gpt_from_scratch.ch06 import (
     split_data_frame,
     train_classifier,
 )
-from shared.cli import add_out_dir, add_seed, base_weights, plain_args, script_parser, setup_runtime
+from shared.cli import (
+    add_out_dir,
+    add_seed,
+    base_weights,
+    plain_args,
+    script_main,
+    script_parser,
+    setup_runtime,
+)
 
 CHECKPOINT = "classifier.pth"
 # The chapter's learning rates: (GPT-2 weights, the books model), for the last block and for LoRA
@@ -147,6 +155,7 @@ def classify(args: argparse.Namespace) -> int:
     return 0
 
 
+@script_main
 def main(argv: list[str] | None = None) -> int:
     """Finetune and save a spam classifier (or classify messages); return the exit code."""
     args = parse_args(argv)

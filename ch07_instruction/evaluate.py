@@ -43,7 +43,7 @@ from gpt_from_scratch.ch07 import (
     load_instruction_data,
     score_responses,
 )
-from shared.cli import add_out_dir, script_parser
+from shared.cli import add_out_dir, script_main, script_parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -107,6 +107,7 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+@script_main
 def main(argv: list[str] | None = None) -> int:
     """Score the files, write the report; return the exit code."""
     args = parse_args(argv)

@@ -61,7 +61,15 @@ from gpt_from_scratch.ch07 import (
     save_responses,
     split_instruction_data,
 )
-from shared.cli import add_out_dir, add_seed, base_weights, plain_args, script_parser, setup_runtime
+from shared.cli import (
+    add_out_dir,
+    add_seed,
+    base_weights,
+    plain_args,
+    script_main,
+    script_parser,
+    setup_runtime,
+)
 
 QUICK = {"limit": 40, "epochs": 1, "max_new_tokens": 16}  # --quick: a few entries, one epoch, short replies
 
@@ -177,6 +185,7 @@ def finetune(
     return state["history"]
 
 
+@script_main
 def main(argv: list[str] | None = None) -> int:
     """Finetune, save checkpoints and responses; return the exit code."""
     args = parse_args(argv)

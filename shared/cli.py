@@ -8,7 +8,9 @@ flags it needs; each has one name, one meaning and one help text in every script
 * ``--threads``: PyTorch's CPU threads;
 * ``--out-dir``: the folder the script writes into, by default under ``checkpoints/`` (``checkpoint_dir``);
 * ``--weights auto|gpt2|books``, ``--size``, ``--books-dir``: the base model of ``load_base_model``;
-* ``--quick``: quick mode for this run, as ``COURSE_QUICK=1``.
+* ``--quick``: quick mode for this run, as ``COURSE_QUICK=1``;
+* ``--debug`` (every script): Python's traceback for the errors ``script_main`` otherwise prints as
+  one line (unreadable course files, failed downloads, Ctrl-C).
 
 Default folders go through ``shared.runtime.checkpoint_dir`` once the arguments are parsed (so
 ``--quick`` and ``COURSE_CHECKPOINT_DIR`` count): ``args.out_dir`` and ``args.books_dir`` are
@@ -19,8 +21,10 @@ Default folders go through ``shared.runtime.checkpoint_dir`` once the arguments 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -123,7 +127,41 @@ def script_parser(
         add_base_model(parser, size=base_model)
     if quick is not None:
         add_quick(parser, quick)
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show Python's traceback for errors otherwise printed as one line",
+    )
     return parser
+
+
+def script_main(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """Wrap a script's ``main(argv)``: unreadable course files, failed downloads and Ctrl-C as one message.
+
+    The message goes to stderr without a traceback (exit code 1, 130 for Ctrl-C); with ``--debug``
+    among the arguments the exception propagates with its traceback.
+    """
+    from gpt_from_scratch.ch02 import CourseFileError  # the one error type of unreadable course files
+    from shared.data import DownloadError
+
+    @functools.wraps(main)
+    def run(argv: list[str] | None = None) -> int:
+        """``main(argv)``, its known failures printed as one message."""
+        debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            print("interrupted (Ctrl-C); files already written are complete", file=sys.stderr)
+            return 130
+        except (CourseFileError, DownloadError) as err:
+            if debug:
+                raise
+            print(f"error: {err} (--debug shows the traceback)", file=sys.stderr)
+            return 1
+
+    return run
 
 
 def device_name(value: str) -> str:
