@@ -37,7 +37,7 @@ from gpt_from_scratch.ch05 import (
     text_to_token_ids,
     token_ids_to_text,
 )
-from shared.cli import base_weights, script_main, script_parser, setup_runtime
+from shared.cli import base_weights, nonneg_float, positive_int, script_main, script_parser, setup_runtime
 from shared.tokenizer import END_OF_TEXT_ID
 
 
@@ -55,15 +55,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "checkpoint (needs tensorflow)",
     )
     p.add_argument("--prompt", default="Every effort moves you", help="the text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=50, help="most tokens to add to the prompt")
+    p.add_argument("--max-new-tokens", type=positive_int, default=50, help="most tokens to add to the prompt")
     p.add_argument(
         "--temperature",
-        type=float,
+        type=nonneg_float,
         default=0.0,
         help="0: greedy decoding; above 0: sample, flatter as it rises",
     )
     p.add_argument(
-        "--top-k", type=int, default=None, help="sample from the K likeliest tokens only (default: all)"
+        "--top-k",
+        type=positive_int,
+        default=None,
+        help="sample from the K likeliest tokens only (default: all)",
     )
     return p.parse_args(argv)
 

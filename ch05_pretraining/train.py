@@ -66,7 +66,20 @@ from gpt_from_scratch.ch05 import (
     token_ids_to_text,
     train_model,
 )
-from shared.cli import add_out_dir, add_seed, plain_args, script_main, script_parser, setup_runtime
+from shared.cli import (
+    add_out_dir,
+    add_seed,
+    dropout_rate,
+    nonneg_float,
+    nonneg_int,
+    open_fraction,
+    plain_args,
+    positive_float,
+    positive_int,
+    script_main,
+    script_parser,
+    setup_runtime,
+)
 from shared.data import read_text as read_course_text
 from shared.registry import FILES, GUTENBERG_BOOKS
 from shared.runtime import set_seed
@@ -101,29 +114,29 @@ def build_parser() -> argparse.ArgumentParser:
     add("--data", choices=("text", "books"), default="text", help="train on one text file, or on the books")
     add("--text", default="the-verdict.txt", help="text mode: a course file name or the path of a text")
     add("--model", help=f"tiny, books or a GPT-2 size (124M, 355M, ...) {both('model')}")
-    add("--context-length", type=int, help="the model's context (default: 64 for tiny, else 256)")
-    add("--emb-dim", type=int, help="the model's width (default: the --model's)")
-    add("--n-layers", type=int, help="the model's depth (default: the --model's)")
-    add("--n-heads", type=int, help="the model's attention heads (default: the --model's)")
-    add("--drop-rate", type=float, help=f"dropout rate {both('drop_rate')}")
-    add("--epochs", type=int, default=2, help="text mode: passes over the text")
-    add("--batch-size", type=int, help=f"rows per step, all processes together {both('batch_size')}")
-    add("--lr", type=float, help=f"peak learning rate {both('lr')}")
-    add("--min-lr", type=float, help=f"learning rate of the last step {both('min_lr')}")
-    add("--warmup", type=int, help=f"linear warmup steps {both('warmup')}")
-    add("--weight-decay", type=float, default=0.1, help="AdamW's weight decay")
+    add("--context-length", type=positive_int, help="the model's context (default: 64 for tiny, else 256)")
+    add("--emb-dim", type=positive_int, help="the model's width (default: the --model's)")
+    add("--n-layers", type=positive_int, help="the model's depth (default: the --model's)")
+    add("--n-heads", type=positive_int, help="the model's attention heads (default: the --model's)")
+    add("--drop-rate", type=dropout_rate, help=f"dropout rate {both('drop_rate')}")
+    add("--epochs", type=positive_int, default=2, help="text mode: passes over the text")
+    add("--batch-size", type=positive_int, help=f"rows per step, all processes together {both('batch_size')}")
+    add("--lr", type=positive_float, help=f"peak learning rate {both('lr')}")
+    add("--min-lr", type=nonneg_float, help=f"learning rate of the last step {both('min_lr')}")
+    add("--warmup", type=nonneg_int, help=f"linear warmup steps {both('warmup')}")
+    add("--weight-decay", type=nonneg_float, default=0.1, help="AdamW's weight decay")
     add_seed(p, detail=": the weights, the batches and dropout (kept by --resume)")
-    add("--val-ratio", type=float, default=0.1, help="text mode: share of the text kept for validation")
+    add("--val-ratio", type=open_fraction, default=0.1, help="text mode: share of the text for validation")
     add("--books", default="all", help="books mode: Gutenberg eBook numbers, e.g. 84,98, or all")
     add("--val-books", default="84", help="books mode: the held-out books (84: Frankenstein)")
-    add("--steps", type=int, default=BOOKS_STEPS, help="books mode: training steps in all")
-    add("--minutes", type=float, help="books mode: set --steps for about this long (4 timed trial steps)")
-    add("--eval-windows", type=int, default=32, help="books mode: windows per evaluation")
-    add("--extend-to", type=int, help="books mode, with --resume: stretch the schedule to this many steps")
-    add("--eval-freq", type=int, help=f"evaluate and sample every N steps {both('eval_freq')}")
-    add("--eval-iter", type=int, default=5, help="text mode: batches per evaluation")
-    add("--save-every", type=int, default=50, help="write last.pth and history.json every N steps")
-    add("--max-steps", type=int, help="stop after this global step (then continue with --resume)")
+    add("--steps", type=positive_int, default=BOOKS_STEPS, help="books mode: training steps in all")
+    add("--minutes", type=positive_float, help="books mode: set --steps for about this long (4 trial steps)")
+    add("--eval-windows", type=positive_int, default=32, help="books mode: windows per evaluation")
+    add("--extend-to", type=positive_int, help="books mode, with --resume: stretch the schedule to N steps")
+    add("--eval-freq", type=positive_int, help=f"evaluate and sample every N steps {both('eval_freq')}")
+    add("--eval-iter", type=positive_int, default=5, help="text mode: batches per evaluation")
+    add("--save-every", type=positive_int, default=50, help="write last.pth and history.json every N steps")
+    add("--max-steps", type=positive_int, help="stop after this global step (then continue with --resume)")
     add_out_dir(p, lambda a: OUT_DIRS[a.data], "last.pth, history.json and the books model", OUT_HELP)
     add("--resume", action="store_true", help="continue the run of <out-dir>/last.pth")
     add("--prompt", help=f"the samples' prompt (default: {PROMPTS['text']!r}; books: {PROMPTS['books']!r})")
@@ -425,12 +438,19 @@ def train(args: argparse.Namespace, folder: Path, device: torch.device) -> int:
 @script_main
 def main(argv: list[str] | None = None) -> int:
     """Train (or resume), saving checkpoints; return the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     folder = args.out_dir
     if args.resume and not (folder / CHECKPOINT).is_file():
         raise SystemExit(f"--resume: no checkpoint at {folder / CHECKPOINT}; train without --resume first")
     if args.resume:
         saved = read_checkpoint(folder / CHECKPOINT)["extra"]["args"]  # CourseFileError if unreadable
+        given = [k for k in RUN_ARGS if getattr(args, k) not in (parser.get_default(k), saved.get(k))]
+        if given:  # the run's settings come from its checkpoint: never ignore a flag silently
+            flags = ", ".join(
+                f"--{k.replace('_', '-')} {getattr(args, k)} (the run's: {saved.get(k)})" for k in given
+            )
+            raise SystemExit(f"--resume continues the run with its own settings; drop {flags}")
         for key in RUN_ARGS:
             setattr(args, key, saved.get(key, LEGACY.get(key, getattr(args, key))))
     for key, value in {**DEFAULTS[args.data], "prompt": PROMPTS[args.data]}.items():

@@ -54,7 +54,10 @@ from shared.cli import (
     add_out_dir,
     add_seed,
     base_weights,
+    nonneg_float,
     plain_args,
+    positive_float,
+    positive_int,
     script_main,
     script_parser,
     setup_runtime,
@@ -95,22 +98,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="what trains besides the new head: nothing else, the last block and the final norm, or all",
     )
     p.add_argument("--lora", action="store_true", help="train LoRA adapters on every linear layer instead")
-    p.add_argument("--rank", type=int, default=8, help="LoRA rank")
-    p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (updates scaled by alpha/rank)")
-    p.add_argument("--epochs", type=int, default=2, help="passes over the training messages (the book: 5)")
-    p.add_argument("--batch-size", type=int, default=8, help="messages per training step")
+    p.add_argument("--rank", type=positive_int, default=8, help="LoRA rank")
     p.add_argument(
-        "--lr", type=float, default=None, help="learning rate (default: as in the chapter, see DEFAULT_LR)"
+        "--alpha", type=positive_float, default=16.0, help="LoRA alpha (updates scaled by alpha/rank)"
     )
-    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW's weight decay")
+    p.add_argument(
+        "--epochs", type=positive_int, default=2, help="passes over the training messages (the book: 5)"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=8, help="messages per training step")
+    p.add_argument(
+        "--lr",
+        type=positive_float,
+        default=None,
+        help="learning rate (default: as in the chapter, see DEFAULT_LR)",
+    )
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.1, help="AdamW's weight decay")
     p.add_argument(
         "--max-length",
-        type=int,
+        type=positive_int,
         default=None,
         help="pad or cut messages to this many tokens (default: the longest training message)",
     )
-    p.add_argument("--eval-freq", type=int, default=50, help="estimate the losses every N steps")
-    p.add_argument("--eval-iter", type=int, default=5, help="batches per estimate")
+    p.add_argument("--eval-freq", type=positive_int, default=50, help="estimate the losses every N steps")
+    p.add_argument("--eval-iter", type=positive_int, default=5, help="batches per estimate")
     p.add_argument(
         "--split-seed",
         type=int,

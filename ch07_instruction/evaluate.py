@@ -43,7 +43,7 @@ from gpt_from_scratch.ch07 import (
     load_instruction_data,
     score_responses,
 )
-from shared.cli import add_out_dir, script_main, script_parser
+from shared.cli import add_out_dir, nonneg_int, positive_float, script_main, script_parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,8 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("COURSE_JUDGE_API_KEY") or None,
         help="sent as a Bearer token (default: $COURSE_JUDGE_API_KEY, else none)",
     )
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per judge request")
-    p.add_argument("--retries", type=int, default=2, help="extra attempts per judge request")
+    p.add_argument("--timeout", type=positive_float, default=120.0, help="seconds per judge request")
+    p.add_argument("--retries", type=nonneg_int, default=2, help="extra attempts per judge request")
     return p.parse_args(argv)
 
 

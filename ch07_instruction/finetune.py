@@ -65,7 +65,11 @@ from shared.cli import (
     add_out_dir,
     add_seed,
     base_weights,
+    nonneg_float,
+    nonneg_int,
     plain_args,
+    positive_float,
+    positive_int,
     script_main,
     script_parser,
     setup_runtime,
@@ -91,25 +95,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--init-from", default=None, metavar="PATH", help="start from this finetuned checkpoint (model.pth)"
     )
-    p.add_argument("--epochs", type=int, default=2, help="passes over the training entries")
-    p.add_argument("--batch-size", type=int, default=8, help="entries per training step")
-    p.add_argument("--lr", type=float, default=2e-4, help="learning rate (the book uses 5e-5 for GPT-2 355M)")
-    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW's weight decay")
-    p.add_argument("--max-length", type=int, default=128, help="truncate examples (capped at the context)")
+    p.add_argument("--epochs", type=positive_int, default=2, help="passes over the training entries")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="entries per training step")
+    p.add_argument(
+        "--lr", type=positive_float, default=2e-4, help="learning rate (the book uses 5e-5 for GPT-2 355M)"
+    )
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.1, help="AdamW's weight decay")
+    p.add_argument(
+        "--max-length", type=positive_int, default=128, help="truncate examples (capped at the context)"
+    )
     p.add_argument("--mask-prompt", action="store_true", help="leave the prompt tokens out of the loss")
     p.add_argument(
         "--lora-rank",
-        type=int,
+        type=nonneg_int,
         default=0,
         help="train LoRA adapters of this rank instead of all weights (0: full finetuning)",
     )
-    p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha (updates scaled by alpha/rank)")
     p.add_argument(
-        "--limit", type=int, default=None, metavar="N", help="use only the first N entries of each split"
+        "--lora-alpha", type=positive_float, default=16.0, help="LoRA alpha (updates scaled by alpha/rank)"
     )
-    p.add_argument("--eval-freq", type=int, default=10, help="evaluate every N steps")
-    p.add_argument("--eval-iter", type=int, default=5, help="batches per evaluation")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="longest response generated")
+    p.add_argument(
+        "--limit",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="use only the first N entries of each split",
+    )
+    p.add_argument("--eval-freq", type=positive_int, default=10, help="evaluate every N steps")
+    p.add_argument("--eval-iter", type=positive_int, default=5, help="batches per evaluation")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="longest response generated")
     p.add_argument("--no-responses", action="store_true", help="do not generate the test set's responses")
     p.add_argument(
         "--base-responses",

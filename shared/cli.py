@@ -60,6 +60,10 @@ class ScriptParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.default_dirs: dict[str, DirDefault | None] = {}
 
+    def error(self, message: str) -> None:
+        """A bad argument: one line naming the flag, the value and what it accepts (exit code 2)."""
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the flags)\n")
+
     def parse_known_args(
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
@@ -188,12 +192,40 @@ def add_seed(parser: argparse.ArgumentParser, default: int = 123, detail: str = 
     parser.add_argument("--seed", type=int, default=default, help=f"{text}{detail}")
 
 
-def positive_int(value: str) -> int:
-    """An argparse type: an integer of at least 1."""
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer of at least 1, got {value}")
-    return number
+def number_type(
+    kind: type, low: float | None = None, high: float | None = None, *, open_low=False, open_high=False
+) -> Callable[[str], int | float]:
+    """An argparse type: an ``int`` or ``float`` in a range; a bad value names the range it accepts."""
+    name = "an integer" if kind is int else "a number"
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if open_low else '>='} {low:g}")
+    if high is not None:
+        bounds.append(f"{'<' if open_high else '<='} {high:g}")
+    wanted = f"{name} {' and '.join(bounds)}".strip()
+
+    def check(value: str) -> int | float:
+        """``value`` as ``kind``, or an ``ArgumentTypeError`` naming the accepted range."""
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {value!r}") from None
+        too_low = low is not None and (number <= low if open_low else number < low)
+        too_high = high is not None and (number >= high if open_high else number > high)
+        if too_low or too_high or (kind is float and number != number):  # NaN is in no range
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {value}")
+        return number
+
+    check.__name__ = f"{kind.__name__}_in_range"
+    return check
+
+
+positive_int = number_type(int, 1)  # 1, 2, ...: counts, sizes, steps
+nonneg_int = number_type(int, 0)  # 0, 1, ...: retries, warmup steps, 0 meaning "off"
+positive_float = number_type(float, 0, open_low=True)  # > 0: learning rates, seconds, scales
+nonneg_float = number_type(float, 0)  # >= 0: weight decay, temperature
+open_fraction = number_type(float, 0, 1, open_low=True, open_high=True)  # (0, 1): shares of the data
+dropout_rate = number_type(float, 0, 1, open_high=True)  # [0, 1)
 
 
 def add_threads(parser: argparse.ArgumentParser) -> None:

@@ -159,4 +159,15 @@ def test_default_folders_go_through_checkpoint_dir(script_module, monkeypatch, t
 
 
 def test_train_py_stays_short():
-    assert len(TRAIN.read_text().splitlines()) < 450
+    assert len(TRAIN.read_text().splitlines()) < 470  # 450 before the range-checked argument types
+
+
+def test_resume_refuses_flags_it_would_ignore(tmp_path, run_script, tiny_cfg):
+    from gpt_from_scratch.ch04 import GPTModel
+    from gpt_from_scratch.ch05 import save_checkpoint
+
+    saved = {"data": "text", "lr": 0.0004, "steps": 10, "batch_size": 2, "model": "tiny"}
+    save_checkpoint(tmp_path / "last.pth", GPTModel(tiny_cfg()), None, args=saved)
+    done = run_script(TRAIN, "--resume", "--lr", "0.5", "--out-dir", str(tmp_path), check=False)
+    assert done.code == 1 and "--lr 0.5 (the run's: 0.0004)" in done.err
+    assert len(done.err.strip().splitlines()) == 1

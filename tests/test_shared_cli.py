@@ -331,3 +331,48 @@ def test_ctrl_c_is_one_line(monkeypatch, run_script, script_module):
     monkeypatch.setattr(module, "parse_args", interrupted)
     done = run_script(REPO_ROOT / "ch05_pretraining/generate.py", "--prompt", "x", check=False)
     assert done.code == 130 and len(done.err.strip().splitlines()) == 1 and "Ctrl-C" in done.err
+
+
+BAD_VALUES = [  # issue 21: each refused before any work, in one line naming the flag, value and range
+    ("ch05_pretraining/train.py", "--epochs", "0"),
+    ("ch05_pretraining/train.py", "--steps", "0"),
+    ("ch05_pretraining/train.py", "--batch-size", "0"),
+    ("ch05_pretraining/train.py", "--save-every", "0"),
+    ("ch05_pretraining/train.py", "--eval-freq", "0"),
+    ("ch05_pretraining/train.py", "--context-length", "0"),
+    ("ch05_pretraining/train.py", "--val-ratio", "1"),
+    ("ch05_pretraining/train.py", "--val-ratio", "0"),
+    ("ch05_pretraining/train.py", "--lr", "-1"),
+    ("ch05_pretraining/train.py", "--drop-rate", "1"),
+    ("ch05_pretraining/generate.py", "--max-new-tokens", "-1"),
+    ("ch05_pretraining/generate.py", "--temperature", "-0.5"),
+    ("ch05_pretraining/generate.py", "--top-k", "0"),
+    ("ch06_classification/finetune.py", "--epochs", "0"),
+    ("ch06_classification/finetune.py", "--batch-size", "0"),
+    ("ch07_instruction/finetune.py", "--epochs", "0"),
+    ("ch07_instruction/finetune.py", "--max-new-tokens", "-1"),
+    ("ch07_instruction/finetune.py", "--max-length", "0"),
+    ("ch07_instruction/finetune.py", "--limit", "-1"),
+    ("ch07_instruction/finetune.py", "--lr", "nan"),
+    ("ch07_instruction/evaluate.py", "--retries", "-1"),
+    ("ch07_instruction/evaluate.py", "--timeout", "0"),
+]
+
+
+@pytest.mark.parametrize(("script", "flag", "value"), BAD_VALUES)
+def test_bad_values_are_refused_in_one_line(script, flag, value, run_script, tmp_path):
+    done = run_script(REPO_ROOT / script, f"{flag}={value}", "--out-dir", str(tmp_path / "o"), check=False)
+    assert done.code == 2
+    lines = done.err.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0] and value in lines[0] and "expected" in lines[0], done.err
+    assert not (tmp_path / "o").exists()  # nothing done
+
+
+def test_number_types_name_their_range():
+    from shared.cli import dropout_rate, nonneg_int, open_fraction, positive_float
+
+    assert nonneg_int("0") == 0 and positive_float("1e-4") == 1e-4 and dropout_rate("0") == 0.0
+    with pytest.raises(argparse.ArgumentTypeError, match=r"> 0 and < 1, got 1"):
+        open_fraction("1")
+    with pytest.raises(argparse.ArgumentTypeError, match="expected an integer >= 0, got 'x'"):
+        nonneg_int("x")
