@@ -31,7 +31,7 @@ def read_sms_spam(path: str | os.PathLike) -> pd.DataFrame:
             raw = zf.read("SMSSpamCollection")
     else:
         raw = path.read_bytes()
-    lines = raw.decode("utf-8").split("\n")
+    lines = raw.decode("utf-8").replace("\r\n", "\n").split("\n")  # Windows line ends too
     if lines[-1] == "":
         lines.pop()  # the newline that ends the last line
     rows = []
@@ -44,6 +44,8 @@ def read_sms_spam(path: str | os.PathLike) -> pd.DataFrame:
         if not text.strip():
             raise ValueError(f"line {number}: the {label} message is empty")
         rows.append((label, text))
+    if not rows:
+        raise ValueError(f"{path} holds no messages: expected lines of 'label<TAB>message'")
     return pd.DataFrame(rows, columns=["Label", "Text"])
 
 
@@ -51,6 +53,8 @@ def read_sms_spam(path: str | os.PathLike) -> pd.DataFrame:
 def balance_classes(df: pd.DataFrame, seed: int = 123, n_per_class: int | None = None) -> pd.DataFrame:
     """Undersample: ``n_per_class`` random rows of every label (default: as many as the rarest label has)."""
     counts = df["Label"].value_counts()
+    if len(counts) < 2:
+        raise ValueError(f"balancing needs at least two labels; the table has {dict(counts) or 'no rows'}")
     n = int(counts.min()) if n_per_class is None else n_per_class
     if not 0 < n <= counts.min():
         raise ValueError(f"n_per_class must be in 1..{counts.min()} (the rarest label's count), got {n}")

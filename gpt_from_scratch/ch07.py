@@ -105,8 +105,9 @@ class InstructionDataset(Dataset):
         self.entries, self.max_length = entries, max_length
         self.encoded = []
         for entry in entries:
-            prompt_ids = tokenizer.encode(format_instruction_prompt(entry))
-            response_ids = tokenizer.encode(entry["output"])
+            # "<|endoftext|>" written in an entry is plain text, as in chapter 6's SpamDataset
+            prompt_ids = tokenizer.encode_ordinary(format_instruction_prompt(entry))
+            response_ids = tokenizer.encode_ordinary(entry["output"])
             self.encoded.append((prompt_ids + response_ids, len(prompt_ids)))
         # an example with n tokens gives n inputs; longer than max_length means cut by the collate function
         self.truncated = [
@@ -166,7 +167,12 @@ def create_instruction_loader(
 # Source: ch07_instruction/ch07.ipynb, 7.7 Extracting and saving responses
 def extract_response(ids, prompt_len: int, tokenizer, eos_id: int = 50256) -> str:
     """The text after the first ``prompt_len`` tokens, up to (without) the first ``eos_id``; stripped."""
-    ids = ids.reshape(-1).tolist() if isinstance(ids, torch.Tensor) else list(ids)  # (1, T) or (T,) -> list
+    if isinstance(ids, torch.Tensor):
+        if ids.dim() > 2 or (ids.dim() == 2 and ids.shape[0] != 1):
+            raise ValueError(f"extract_response takes one sequence, (T,) or (1, T); got {tuple(ids.shape)}")
+        ids = ids.reshape(-1).tolist()  # (1, T) or (T,) -> list
+    else:
+        ids = list(ids)
     new = ids[prompt_len:]
     if eos_id in new:
         new = new[: new.index(eos_id)]
