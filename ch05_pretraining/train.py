@@ -68,7 +68,9 @@ from gpt_from_scratch.ch05 import (
 )
 from shared.cli import (
     add_out_dir,
+    add_overwrite,
     add_seed,
+    claim_out_dir,
     dropout_rate,
     nonneg_float,
     nonneg_int,
@@ -102,6 +104,7 @@ RUN_ARGS = (  # what defines a run; restored from the checkpoint on --resume
 ).split()
 LEGACY = {"data": "text", "fast": False, "precision": "fp32"}  # what a checkpoint without the key used
 CHECKPOINT, HISTORY, SAMPLE_TOKENS = "last.pth", "history.json", 30
+RUN_OUTPUTS = (CHECKPOINT, HISTORY, "model.safetensors", "config.json")  # tokens/ is a cache: kept
 OUT_HELP = "checkpoints/ch05 for text, checkpoints/books for books"
 PRECISION_HELP = "bf16: bfloat16 autocast; auto: bf16 where the device has bfloat16 arithmetic, else fp32"
 
@@ -139,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-steps", type=positive_int, help="stop after this global step (then continue with --resume)")
     add_out_dir(p, lambda a: OUT_DIRS[a.data], "last.pth, history.json and the books model", OUT_HELP)
     add("--resume", action="store_true", help="continue the run of <out-dir>/last.pth")
+    add_overwrite(p)
     add("--prompt", help=f"the samples' prompt (default: {PROMPTS['text']!r}; books: {PROMPTS['books']!r})")
     add("--fast", action=argparse.BooleanOptionalAction, default=True, help="GPTModelFast, or GPTModel")
     add("--precision", choices=("auto", "fp32", "bf16"), default="auto", help=PRECISION_HELP)
@@ -441,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     folder = args.out_dir
+    if not args.resume:  # a new run never mixes its files with an old run's
+        claim_out_dir(folder, RUN_OUTPUTS, args.overwrite, ", or --resume to continue it")
     if args.resume and not (folder / CHECKPOINT).is_file():
         raise SystemExit(f"--resume: no checkpoint at {folder / CHECKPOINT}; train without --resume first")
     if args.resume:

@@ -52,8 +52,10 @@ from gpt_from_scratch.ch06 import (
 )
 from shared.cli import (
     add_out_dir,
+    add_overwrite,
     add_seed,
     base_weights,
+    claim_out_dir,
     nonneg_float,
     plain_args,
     positive_float,
@@ -90,6 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add_seed(p, default=123, detail="; here the head's start and the order of the batches")
     add_out_dir(p, "ch06", f"{CHECKPOINT}, which --classify reads")
+    add_overwrite(p)
     p.add_argument("--classify", nargs="+", metavar="TEXT", help="classify these messages with a saved model")
     p.add_argument(
         "--trainable",
@@ -171,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.classify:
         return classify(args)
+    claim_out_dir(args.out_dir, (CHECKPOINT,), args.overwrite)  # before any work: one run per folder
     from shared.runtime import set_seed
     from shared.tokenizer import get_gpt2_tokenizer
 

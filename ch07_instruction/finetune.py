@@ -63,8 +63,10 @@ from gpt_from_scratch.ch07 import (
 )
 from shared.cli import (
     add_out_dir,
+    add_overwrite,
     add_seed,
     base_weights,
+    claim_out_dir,
     nonneg_float,
     nonneg_int,
     plain_args,
@@ -75,6 +77,7 @@ from shared.cli import (
     setup_runtime,
 )
 
+RUN_OUTPUTS = ("model.pth", "epoch-*.pth", "responses*.json", "train_log.json")  # one run's files
 QUICK = {"limit": 40, "epochs": 1, "max_new_tokens": 16}  # --quick: a few entries, one epoch, short replies
 
 
@@ -91,6 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add_seed(p, default=123, detail="; here the 85/5/10 split, the order of the batches and dropout")
     add_out_dir(p, "ch07", "checkpoints, responses and the training log")
+    add_overwrite(p)
     p.add_argument("--data", default="instruction-data.json", help="course file name or path to a JSON list")
     p.add_argument(
         "--init-from", default=None, metavar="PATH", help="start from this finetuned checkpoint (model.pth)"
@@ -214,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     device = setup_runtime(args)
     tokenizer = get_gpt2_tokenizer()
     out_dir = args.out_dir
+    claim_out_dir(out_dir, RUN_OUTPUTS, args.overwrite)  # before any work: never two runs in one folder
     out_dir.mkdir(parents=True, exist_ok=True)
 
     base = base_model(args, device)

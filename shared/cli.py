@@ -295,6 +295,34 @@ def add_quick(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def add_overwrite(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite``: replace the run already in ``--out-dir`` (its outputs are removed first)."""
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out-dir (removes its files first)",
+    )
+
+
+def claim_out_dir(folder: Path, outputs: Sequence[str], overwrite: bool, other: str = "") -> None:
+    """Refuse a folder holding a run's ``outputs`` (glob patterns) unless ``overwrite``; then remove them.
+
+    A new run never mixes its files with an old run's (epoch-1.pth of one, responses.json of another).
+    ``other`` names another way out, e.g. ``", or --resume to continue it"``.
+    """
+    found = sorted({p.name for pattern in outputs for p in Path(folder).glob(pattern) if p.is_file()})
+    if not found:
+        return
+    if not overwrite:
+        shown = ", ".join(found[:4]) + (" ..." if len(found) > 4 else "")
+        raise SystemExit(
+            f"error: {folder} already holds a run ({shown}); pass --overwrite to replace it{other}, "
+            "or choose another --out-dir"
+        )
+    for name in found:
+        (Path(folder) / name).unlink()
+
+
 def base_weights(args: argparse.Namespace) -> str | None:
     """``--weights`` as ``load_base_model`` takes it: None for auto, else ``gpt2`` or ``books``."""
     return None if args.weights == "auto" else args.weights

@@ -159,7 +159,7 @@ def test_default_folders_go_through_checkpoint_dir(script_module, monkeypatch, t
 
 
 def test_train_py_stays_short():
-    assert len(TRAIN.read_text().splitlines()) < 470  # 450 before the range-checked argument types
+    assert len(TRAIN.read_text().splitlines()) < 480  # 450 before issue 21 (argument types, --overwrite)
 
 
 def test_resume_refuses_flags_it_would_ignore(tmp_path, run_script, tiny_cfg):
@@ -171,3 +171,11 @@ def test_resume_refuses_flags_it_would_ignore(tmp_path, run_script, tiny_cfg):
     done = run_script(TRAIN, "--resume", "--lr", "0.5", "--out-dir", str(tmp_path), check=False)
     assert done.code == 1 and "--lr 0.5 (the run's: 0.0004)" in done.err
     assert len(done.err.strip().splitlines()) == 1
+
+
+def test_a_new_run_refuses_a_folder_with_a_run(tmp_path, run_script):
+    """Issue 21: epoch files of two runs never mix; --resume continues, --overwrite replaces."""
+    (tmp_path / "last.pth").write_bytes(b"old")
+    done = run_script(TRAIN, "--out-dir", str(tmp_path), check=False)
+    assert done.code == 1 and "--overwrite" in done.err and "--resume" in done.err
+    assert (tmp_path / "last.pth").read_bytes() == b"old"

@@ -82,3 +82,11 @@ def test_help_shows_the_examples(run_script):
     assert out.startswith("usage: ch06_classification/finetune.py")
     assert "python ch06_classification/finetune.py --lora --rank 8 --alpha 16" in out
     assert "--lora" in out and "--out-dir" in out
+
+
+def test_finetune_refuses_a_folder_with_another_run(tmp_path, run_script):
+    """Issue 21: re-running into a folder with a classifier needs --overwrite."""
+    (tmp_path / "classifier.pth").write_bytes(b"old")
+    done = run_script(FINETUNE, "--out-dir", str(tmp_path), "--device", "cpu", check=False)
+    assert done.code == 1 and "--overwrite" in done.err and "classifier.pth" in done.err
+    assert (tmp_path / "classifier.pth").read_bytes() == b"old"

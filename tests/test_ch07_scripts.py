@@ -234,3 +234,17 @@ def test_help_shows_the_examples(script, run_script):
     assert (
         f"    python ch07_instruction/{script.name} " in out
     )  # the docstring's examples, indented as written
+
+
+def test_finetune_refuses_a_folder_with_another_run(tmp_path, run_script):
+    """Issue 21: an old responses.json never stays beside a new model.pth."""
+    out = tmp_path / "x"
+    out.mkdir()
+    (out / "responses.json").write_text("[]\n")
+    data = ["--data", str(tiny_data(tmp_path / "d.json")), "--out-dir", str(out)]
+    nothing = ["--weights", "books", "--books-dir", str(tmp_path / "nothing"), "--device", "cpu"]
+    done = run_script(FINETUNE, *data, *nothing, check=False)
+    assert done.code == 1 and "--overwrite" in done.err and "responses.json" in done.err
+    assert len(done.err.strip().splitlines()) == 1
+    done = run_script(FINETUNE, *data, *nothing, "--overwrite", check=False)
+    assert "no base model" in done.err and not (out / "responses.json").exists()  # removed before the work
