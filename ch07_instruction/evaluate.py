@@ -91,6 +91,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--timeout", type=positive_float, default=120.0, help="seconds per judge request")
     p.add_argument("--retries", type=nonneg_int, default=2, help="extra attempts per judge request")
+    p.add_argument(
+        "--allow-mixed-runs",
+        action="store_true",
+        help="score responses even when their run id differs from the model's (train_log.json) beside them",
+    )
     return p.parse_args(argv)
 
 
@@ -105,6 +110,27 @@ def markdown_table(df: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
+
+
+def check_same_run(path: Path, entries: list[dict], allow: bool) -> None:
+    """Refuse responses whose run id differs from the run in their folder's train_log.json (finetune.py's)."""
+    log_file = path.parent / "train_log.json"
+    ids = {entry.get("run_id") for entry in entries}
+    if not log_file.is_file() or ids == {None}:
+        return  # not written by finetune.py (or before run ids): nothing to compare
+    try:
+        model_run = json.loads(log_file.read_text(encoding="utf-8")).get("run_id")
+    except ValueError:
+        model_run = None
+    if ids == {model_run}:
+        return
+    message = (
+        f"{path} holds responses of run {', '.join(sorted(map(str, ids)))}, but the model in {path.parent} "
+        f"is from run {model_run} (train_log.json): the responses are stale"
+    )
+    if not allow:
+        raise SystemExit(f"error: {message}; re-run finetune.py, or pass --allow-mixed-runs")
+    print(f"WARNING: {message}; scoring them anyway (--allow-mixed-runs)", file=sys.stderr)
 
 
 @script_main
@@ -122,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             results[path] = load_instruction_data(path, required=(*INSTRUCTION_KEYS, args.key))
         except InstructionDataError as err:
             raise SystemExit(f"error: {err}") from None
+        check_same_run(path, results[path], args.allow_mixed_runs)
 
     judge = None
     if args.judge:

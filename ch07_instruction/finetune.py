@@ -37,6 +37,7 @@ import json
 import math
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -220,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out_dir
     claim_out_dir(out_dir, RUN_OUTPUTS, args.overwrite)  # before any work: never two runs in one folder
     out_dir.mkdir(parents=True, exist_ok=True)
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"  # carried by every file of the run
 
     base = base_model(args, device)
     model, source = base.model, base.description
@@ -262,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.base_responses and not args.no_responses:
         base = generate_responses(model, tokenizer, test, args.max_new_tokens, progress=True)
+        base = [{**entry, "run_id": run_id} for entry in base]  # evaluate.py checks it against train_log.json
         print("saved", save_responses(base, out_dir / "responses-base.json"))
 
     steps_per_epoch = len(train_loader)
@@ -270,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=args.weight_decay
     )
-    run_info = {"cfg": model.cfg, "source": source, "args": plain_args(args)}
+    run_info = {"cfg": model.cfg, "source": source, "args": plain_args(args), "run_id": run_id}
     bar = tqdm(total=total_steps, desc="finetuning", unit="step")
 
     evaluations = [0]  # how many evaluations the bar has shown
@@ -307,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": total_steps,
         **history,
         "args": run_info["args"],
+        "run_id": run_id,
     }
     atomic_write_text(out_dir / "train_log.json", json.dumps(log, indent=2) + "\n")
     print(
@@ -317,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.no_responses:
         results = generate_responses(model, tokenizer, test, args.max_new_tokens, progress=True)
+        results = [{**entry, "run_id": run_id} for entry in results]  # the run that wrote them
         print("saved", save_responses(results, out_dir / "responses.json"))
     return 0
 
