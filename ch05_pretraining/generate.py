@@ -16,6 +16,12 @@ its weights can be loaded (``--source hf``, the default, downloads Hugging Face'
 the course's books model; which one is printed to stderr. ``--temperature 0`` (the default) decodes
 greedily with ``generate_text_fast`` (cached, the tokens of ``generate_text_simple``); a temperature
 above 0 samples with ``generate``. Generation stops early at ``<|endoftext|>``.
+
+What can go wrong: a damaged or foreign ``--checkpoint`` (one line naming it: delete it and re-run
+train.py); no base model (the message says how to get one). Every file is written whole or not at
+all (a temporary file, then a rename): an interrupted run never leaves half a file. An unreadable
+file, a failed download or Ctrl-C gives one line and exit code 1 (130 for Ctrl-C); ``--debug`` shows
+the traceback. A bad value is refused before any work.
 """
 
 from __future__ import annotations

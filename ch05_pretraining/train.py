@@ -31,6 +31,13 @@ float rounding (with ``--drop-rate`` 0). Rank 0 prints and writes; CUDA uses NCC
 
     torchrun --standalone --nproc_per_node 8 ch05_pretraining/train.py --data books --batch-size 64
     torchrun --standalone --nproc_per_node 2 ch05_pretraining/train.py --threads 1 --device cpu
+
+What can go wrong: a folder that already holds a run needs ``--resume`` (continue it) or
+``--overwrite`` (replace it); ``--resume`` refuses run settings (``--lr``, ``--steps``, ...) that
+differ from the checkpoint's. A damaged ``last.pth``: delete it and train again. Every file is
+written whole or not at all (a temporary file, then a rename): an interrupted run never leaves half
+a file. An unreadable file, a failed download or Ctrl-C gives one line and exit code 1 (130 for
+Ctrl-C); ``--debug`` shows the traceback. A bad value is refused before any work.
 """
 
 from __future__ import annotations

@@ -18,6 +18,12 @@ with ``--split-seed`` (by default ``--seed``, which also sets the head's start a
 batches), and saves ``classifier.pth`` in ``--out-dir`` (default ``checkpoints/ch06``) after every
 epoch (LoRA adapters are merged into the saved copy). ``--classify`` loads that file and prints the
 label and its probability for each message, without training.
+
+What can go wrong: a folder with a ``classifier.pth`` needs ``--overwrite`` (or another
+``--out-dir``); a damaged ``classifier.pth`` for ``--classify``: delete it and train again. Every
+file is written whole or not at all (a temporary file, then a rename): an interrupted run never
+leaves half a file. An unreadable file, a failed download or Ctrl-C gives one line and exit code 1
+(130 for Ctrl-C); ``--debug`` shows the traceback. A bad value is refused before any work.
 """
 
 from __future__ import annotations

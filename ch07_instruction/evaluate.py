@@ -20,6 +20,13 @@ is recorded as missing, never as 0.
 Written to ``--out-dir`` (default: the folder of the first file, e.g. ``checkpoints/ch07``, where
 ``finetune.py`` writes): ``report.md`` (means per file and the per-entry table), ``scores.csv`` (per
 entry) and ``summary.json`` (means).
+
+What can go wrong: responses whose run id differs from the ``train_log.json`` beside them (a
+finetune stopped before it wrote new responses) are refused as stale; ``--allow-mixed-runs`` scores
+them with a warning. Every file is written whole or not at all (a temporary file, then a rename): an
+interrupted run never leaves half a file. An unreadable file, a failed download or Ctrl-C gives one
+line and exit code 1 (130 for Ctrl-C); ``--debug`` shows the traceback. A bad value is refused
+before any work.
 """
 
 from __future__ import annotations

@@ -27,7 +27,14 @@ progress bar shows the steps and the losses of every evaluation. Written to ``--
   ``--base-responses`` also ``responses-base.json`` from the model before finetuning;
 * ``train_log.json``: the losses and the timing.
 
-``ch07_instruction/evaluate.py`` scores the responses.
+``ch07_instruction/evaluate.py`` scores the responses. Every file of a run carries its run id.
+
+What can go wrong: a folder that holds a run (``model.pth``, ``responses.json``, ...) needs
+``--overwrite``, which removes those files first, so old responses never sit beside a new model;
+malformed instruction JSON is named by file, line and entry. Every file is written whole or not at
+all (a temporary file, then a rename): an interrupted run never leaves half a file. An unreadable
+file, a failed download or Ctrl-C gives one line and exit code 1 (130 for Ctrl-C); ``--debug`` shows
+the traceback. A bad value is refused before any work.
 """
 
 from __future__ import annotations

@@ -376,3 +376,9 @@ def test_number_types_name_their_range():
         open_fraction("1")
     with pytest.raises(argparse.ArgumentTypeError, match="expected an integer >= 0, got 'x'"):
         nonneg_int("x")
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_help_says_what_can_go_wrong(script, run_script):
+    out = run_script(script, "--help").out
+    assert "What can go wrong" in out and "--debug" in out
