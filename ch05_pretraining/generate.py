@@ -35,6 +35,7 @@ import torch
 from gpt_from_scratch.ch04 import GPTModel
 from gpt_from_scratch.ch05 import (
     BaseModelUnavailable,
+    CourseFileError,
     generate,
     generate_text_fast,
     load_base_model,
@@ -118,7 +119,7 @@ def continue_text(
     return out
 
 
-@script_main
+@script_main(CourseFileError)
 def main(argv: list[str] | None = None) -> int:
     """Load a model, generate from the prompt, print the text; return the exit code."""
     args = parse_args(argv)

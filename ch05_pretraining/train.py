@@ -60,6 +60,7 @@ from tqdm.auto import tqdm
 from gpt_from_scratch.ch02 import create_dataloader
 from gpt_from_scratch.ch04 import GPT_CONFIG_124M, GPTModel, gpt2_config
 from gpt_from_scratch.ch05 import (
+    CourseFileError,
     GPTModelFast,
     atomic_write_text,
     bf16_supported,
@@ -446,7 +447,7 @@ def train(args: argparse.Namespace, folder: Path, device: torch.device) -> int:
     return 0
 
 
-@script_main
+@script_main(CourseFileError)
 def main(argv: list[str] | None = None) -> int:
     """Train (or resume), saving checkpoints; return the exit code."""
     parser = build_parser()

@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from gpt_from_scratch.ch05 import BaseModelUnavailable, LoadedBaseModel, load_base_model
+from gpt_from_scratch.ch05 import BaseModelUnavailable, CourseFileError, LoadedBaseModel, load_base_model
 from gpt_from_scratch.ch06 import (
     SPAM_LABELS,
     SpamDataset,
@@ -174,7 +174,7 @@ def classify(args: argparse.Namespace) -> int:
     return 0
 
 
-@script_main
+@script_main(CourseFileError)
 def main(argv: list[str] | None = None) -> int:
     """Finetune and save a spam classifier (or classify messages); return the exit code."""
     args = parse_args(argv)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gpt_from_scratch.ch05 import atomic_write, atomic_write_text
+from gpt_from_scratch.ch05 import CourseFileError, atomic_write, atomic_write_text
 from gpt_from_scratch.ch07 import (
     INSTRUCTION_KEYS,
     OFFLINE_METRICS,
@@ -140,7 +140,7 @@ def check_same_run(path: Path, entries: list[dict], allow: bool) -> None:
     print(f"WARNING: {message}; scoring them anyway (--allow-mixed-runs)", file=sys.stderr)
 
 
-@script_main
+@script_main(CourseFileError)
 def main(argv: list[str] | None = None) -> int:
     """Score the files, write the report; return the exit code."""
     args = parse_args(argv)

@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 
 from gpt_from_scratch.ch05 import (
     BaseModelUnavailable,
+    CourseFileError,
     LoadedBaseModel,
     atomic_write_text,
     load_base_model,
@@ -211,7 +212,7 @@ def finetune(
     return state["history"]
 
 
-@script_main
+@script_main(CourseFileError)
 def main(argv: list[str] | None = None) -> int:
     """Finetune, save checkpoints and responses; return the exit code."""
     args = parse_args(argv)

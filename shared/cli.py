@@ -139,33 +139,40 @@ def script_parser(
     return parser
 
 
-def script_main(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
-    """Wrap a script's ``main(argv)``: unreadable course files, failed downloads and Ctrl-C as one message.
+def script_main(*errors: type[BaseException]) -> Callable[[Callable], Callable]:
+    """Decorate a script's ``main(argv)``: ``errors``, failed downloads and Ctrl-C printed as one message.
 
-    The message goes to stderr without a traceback (exit code 1, 130 for Ctrl-C); with ``--debug``
-    among the arguments the exception propagates with its traceback.
+    ``errors`` are the script's expected failures (``CourseFileError`` for an unreadable course file;
+    ``shared`` imports no lesson code, so the script passes it). The message goes to stderr without
+    a traceback (exit code 1, 130 for Ctrl-C); with ``--debug`` the exception propagates.
     """
-    from gpt_from_scratch.ch02 import CourseFileError  # the one error type of unreadable course files
     from shared.data import DownloadError
 
-    @functools.wraps(main)
-    def run(argv: list[str] | None = None) -> int:
-        """``main(argv)``, its known failures printed as one message."""
-        debug = "--debug" in (sys.argv[1:] if argv is None else argv)
-        try:
-            return main(argv)
-        except KeyboardInterrupt:
-            if debug:
-                raise
-            print("interrupted (Ctrl-C); files already written are complete", file=sys.stderr)
-            return 130
-        except (CourseFileError, DownloadError) as err:
-            if debug:
-                raise
-            print(f"error: {err} (--debug shows the traceback)", file=sys.stderr)
-            return 1
+    known = (*errors, DownloadError)
 
-    return run
+    def decorate(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+        """``main`` wrapped."""
+
+        @functools.wraps(main)
+        def run(argv: list[str] | None = None) -> int:
+            """``main(argv)``, its known failures printed as one message."""
+            debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+            try:
+                return main(argv)
+            except KeyboardInterrupt:
+                if debug:
+                    raise
+                print("interrupted (Ctrl-C); files already written are complete", file=sys.stderr)
+                return 130
+            except known as err:
+                if debug:
+                    raise
+                print(f"error: {err} (--debug shows the traceback)", file=sys.stderr)
+                return 1
+
+        return run
+
+    return decorate
 
 
 def device_name(value: str) -> str:
