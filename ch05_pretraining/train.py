@@ -239,6 +239,8 @@ def model_config(args: argparse.Namespace) -> dict:
     for key in ("context_length", "emb_dim", "n_layers", "n_heads"):
         if getattr(args, key, None) is not None:
             cfg[key] = getattr(args, key)
+    if cfg["emb_dim"] % cfg["n_heads"]:
+        raise SystemExit(f"--n-heads {cfg['n_heads']} must divide the width (--emb-dim {cfg['emb_dim']})")
     return {**cfg, "drop_rate": args.drop_rate}
 
 
@@ -470,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in {**DEFAULTS[args.data], "prompt": PROMPTS[args.data]}.items():
         if getattr(args, key) is None:  # the default of the mode (--data)
             setattr(args, key, value)
+    model_config(args)  # the model's shape is checked before any work
     device = setup_runtime(args)  # --threads, --seed and --device
     try:
         return train(args, folder, device)

@@ -251,6 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         train, val, test = train[: args.limit], val[: args.limit], test[: args.limit]
     set_seed(args.seed)
     datasets = [InstructionDataset(split, tokenizer, max_length=max_length) for split in (train, val, test)]
+    prompt_lens = [n for ds in datasets[:2] for _, n in ds.encoded]
+    if args.mask_prompt and max(prompt_lens) >= max_length:  # no response token left: a NaN loss
+        cut = sum(n >= max_length for n in prompt_lens)
+        raise SystemExit(
+            f"error: --max-length {max_length} cuts {cut} prompt(s) before their response (longest prompt "
+            f"{max(prompt_lens)} tokens): with --mask-prompt they leave no target; raise --max-length"
+        )
     train_loader = create_instruction_loader(
         datasets[0],
         args.batch_size,

@@ -181,3 +181,11 @@ def test_a_new_run_refuses_a_folder_with_a_run(tmp_path, run_script):
     done = run_script(TRAIN, "--out-dir", str(tmp_path), check=False)
     assert done.code == 1 and "--overwrite" in done.err and "--resume" in done.err
     assert (tmp_path / "last.pth").read_bytes() == b"old"
+
+
+def test_n_heads_that_do_not_divide_the_width_are_refused(tmp_path, run_script):
+    done = run_script(
+        TRAIN, "--model", "tiny", "--n-heads", "3", "--out-dir", str(tmp_path / "r"), check=False
+    )
+    assert done.code == 1 and "--n-heads 3 must divide the width (--emb-dim 64)" in done.err
+    assert not (tmp_path / "r").exists()

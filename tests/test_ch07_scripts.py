@@ -274,3 +274,16 @@ def test_a_finetune_run_id_is_carried_by_its_files(finetuned):
     for name in ("responses.json", "responses-base.json"):
         assert {e["run_id"] for e in json.loads((out / name).read_text())} == {run_id}
     assert load_checkpoint(out / "model.pth", GPTModel(TINY))["run_id"] == run_id
+
+
+def test_mask_prompt_with_a_max_length_shorter_than_the_prompts_is_refused(
+    tmp_path, run_script, books_folder
+):
+    """Issue 21: --mask-prompt --max-length 20 trained on NaN losses and exited 0."""
+    books_folder(tmp_path / "books", TINY)
+    data = str(tiny_data(tmp_path / "d.json"))
+    args = ["--data", data, "--mask-prompt", "--max-length", "20", "--weights", "books"]
+    args += ["--books-dir", str(tmp_path / "books"), "--out-dir", str(tmp_path / "x"), "--device", "cpu"]
+    done = run_script(FINETUNE, *args, check=False)
+    assert done.code == 1 and "--max-length 20 cuts" in done.err
+    assert not (tmp_path / "x" / "model.pth").exists()
