@@ -34,7 +34,6 @@ import torch
 
 from gpt_from_scratch.ch04 import GPTModel
 from gpt_from_scratch.ch05 import (
-    BaseModelUnavailable,
     CourseFileError,
     generate,
     generate_text_fast,
@@ -44,7 +43,7 @@ from gpt_from_scratch.ch05 import (
     text_to_token_ids,
     token_ids_to_text,
 )
-from shared.cli import base_weights, nonneg_float, positive_int, script_main, script_parser, setup_runtime
+from shared.cli import load_base, nonneg_float, positive_int, script_main, script_parser, setup_runtime
 from shared.tokenizer import END_OF_TEXT_ID
 
 
@@ -95,12 +94,7 @@ def base_model(args: argparse.Namespace) -> torch.nn.Module:
     from shared.data import fetch_gpt2_checkpoint, fetch_gpt2_safetensors
 
     download = fetch_gpt2_safetensors if args.source == "hf" else fetch_gpt2_checkpoint
-    try:
-        base = load_base_model(
-            args.size, weights=base_weights(args), books_dir=args.books_dir, gpt2_download=download
-        )
-    except BaseModelUnavailable as err:
-        raise SystemExit(f"error: no base model: {err}") from None
+    base = load_base(args, load_base_model, download=download)
     print(base.description, file=sys.stderr)
     return base.model
 

@@ -930,6 +930,7 @@ def _load_books(folder: Path) -> tuple[GPTModel, dict]:
     return model, config
 
 
+# Source: ch05_pretraining/base_model.ipynb, 9. One loader for every later chapter
 def load_base_model(
     size: str = "124M",
     weights: str | None = None,
@@ -986,7 +987,8 @@ def load_base_model(
         "Two ways to get weights:\n"
         f"  - download OpenAI's GPT-2 {size} ({gigabytes}): {GPT2_SAFETENSORS_URL.format(repo=repo)}\n"
         "    (the course does it with shared.data.fetch_gpt2_safetensors; pass it as gpt2_download);\n"
-        "  - or pretrain the course's own books model (about 60 minutes on 2 CPU cores), from the\n"
+        "  - or use the course's own books model: it ships in ch05_pretraining/books_model (pass that\n"
+        "    folder as books_dir); to train it again (about 60 minutes on 2 CPU cores), from the\n"
         f"    repository root: {BOOKS_COMMAND}\n"
         "    (in quick mode, COURSE_QUICK=1, ch05_pretraining/base_model.ipynb makes a tiny one in seconds)."
     )

@@ -19,10 +19,11 @@ Examples (from the repository root):
 on random windows of the registry's Gutenberg books, tokenized once into uint16 files, with whole
 books held out (``--val-books``); at the end it writes the folder that ``load_base_model`` reads.
 Both modes use warmup, cosine decay and clipping, evaluate every ``--eval-freq`` steps with a
-greedy sample (``generate_text_fast``), and write ``last.pth`` and ``history.json`` every
-``--save-every`` steps; ``--resume`` continues with the same losses as an uninterrupted run (the
-arguments that shape the run come from the checkpoint). ``--minutes`` sets the steps from four
-timed trial steps; ``--resume --extend-to N`` stretches a run's schedule to N steps.
+sample (``generate_text_fast``, temperature 0.8, top-k 40, the same seed each time), and write
+``last.pth`` and ``history.json`` every ``--save-every`` steps; ``--resume`` continues with the same
+losses as an uninterrupted run (the arguments that shape the run come from the checkpoint).
+``--minutes`` sets the steps from four timed trial steps; ``--resume --extend-to N`` stretches a
+run's schedule to N steps.
 
 Under ``torchrun`` (several processes, GPUs or machines) each process trains on its share of the
 rows of every batch (``--batch-size`` is the global batch): N processes follow the run of one up to
@@ -314,10 +315,14 @@ def extend_schedule(state: dict, args: argparse.Namespace) -> int:
     return args.extend_to
 
 
-def sample(model: torch.nn.Module, prompt_ids: torch.Tensor, tokenizer) -> str:
-    """A greedy continuation of the prompt by the library decoder, on one line."""
+def sample(model: torch.nn.Module, prompt_ids: torch.Tensor, tokenizer, seed: int | None = None) -> str:
+    """The prompt's continuation on one line: greedy, or with ``seed`` at temperature 0.8 and top-k 40."""
     model.eval()
-    out = generate_text_fast(model, prompt_ids, SAMPLE_TOKENS, model.cfg["context_length"])
+    sampled = {} if seed is None else {"temperature": 0.8, "top_k": 40}
+    with torch.random.fork_rng(devices=[]):  # the training's random state is left as it was
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = generate_text_fast(model, prompt_ids, SAMPLE_TOKENS, model.cfg["context_length"], **sampled)
     model.train()
     return token_ids_to_text(out.cpu(), tokenizer).replace("\n", " ")
 
@@ -417,7 +422,8 @@ def train(args: argparse.Namespace, folder: Path, device: torch.device) -> int:
             live["train_seconds"] = seconds_before + time.time() - start
             hist.setdefault("seconds", []).append(live["train_seconds"])
             row = {key: live[key] for key in ("step", "tokens_seen")}
-            hist.setdefault("samples", []).append({**row, "text": sample(model, prompt_ids, tokenizer)})
+            text = sample(model, prompt_ids, tokenizer, seed=args.seed)
+            hist.setdefault("samples", []).append({**row, "text": text})
         val = {"val": f"{hist['val_losses'][-1]:.3f}"} if hist["val_losses"] else {}
         bar.set_postfix({"tok/s": f"{rate:,.0f}", **val}, refresh=False)
         bar.update(1)

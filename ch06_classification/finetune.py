@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from gpt_from_scratch.ch05 import BaseModelUnavailable, CourseFileError, LoadedBaseModel, load_base_model
+from gpt_from_scratch.ch05 import CourseFileError, load_base_model
 from gpt_from_scratch.ch06 import (
     SPAM_LABELS,
     SpamDataset,
@@ -60,8 +60,8 @@ from shared.cli import (
     add_out_dir,
     add_overwrite,
     add_seed,
-    base_weights,
     claim_out_dir,
+    load_base,
     nonneg_float,
     plain_args,
     positive_float,
@@ -112,7 +112,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--alpha", type=positive_float, default=16.0, help="LoRA alpha (updates scaled by alpha/rank)"
     )
     p.add_argument(
-        "--epochs", type=positive_int, default=2, help="passes over the training messages (the book: 5)"
+        "--epochs",
+        type=positive_int,
+        default=None,
+        help="passes over the training messages (default: as in the chapter: 5 with GPT-2, 2 with books)",
     )
     p.add_argument("--batch-size", type=positive_int, default=8, help="messages per training step")
     p.add_argument(
@@ -139,22 +142,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def base_model(args: argparse.Namespace, device: torch.device) -> LoadedBaseModel:
-    """Section 6.4's pretrained model and its record: which weights, and a line saying so."""
-    from shared.data import fetch_gpt2_safetensors
-
-    try:
-        return load_base_model(
-            args.size,
-            weights=base_weights(args),
-            books_dir=args.books_dir,
-            gpt2_download=fetch_gpt2_safetensors,
-            device=device,
-        )
-    except BaseModelUnavailable as err:
-        raise SystemExit(f"error: no base model: {err}") from None
-
-
 def classify(args: argparse.Namespace) -> int:
     """Print the label and probability of each ``--classify`` message."""
     from shared.tokenizer import get_gpt2_tokenizer
@@ -172,6 +159,11 @@ def classify(args: argparse.Namespace) -> int:
             raise SystemExit(f"--classify {text!r}: {err}") from None
         print(f"{label}\t{proba:.3f}\t{text}")
     return 0
+
+
+def chapter_epochs(weights: str) -> int:
+    """The epochs of the chapter's run (section 6.7): the book's 5 for GPT-2, 2 for the books model."""
+    return 5 if weights == "gpt2" else 2
 
 
 @script_main(CourseFileError)
@@ -193,11 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     split_seed = args.seed if args.split_seed is None else args.split_seed
     train_df, val_df, test_df = spam_splits(split_seed, quick=args.quick)
 
-    base = base_model(args, device)  # section 6.4
+    base = load_base(args, load_base_model, device)  # section 6.4
     model, source = base.model, base.description
     print(source)
     if args.lr is None:
         args.lr = DEFAULT_LR["lora" if args.lora else "last_block"][0 if base.weights == "gpt2" else 1]
+    if args.epochs is None:
+        args.epochs = chapter_epochs(base.weights)
     context_length = model.cfg["context_length"]
 
     train_ds = SpamDataset(train_df, tokenizer, max_length=args.max_length)

@@ -53,9 +53,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from gpt_from_scratch.ch05 import (
-    BaseModelUnavailable,
     CourseFileError,
-    LoadedBaseModel,
     atomic_write_text,
     load_base_model,
     load_checkpoint,
@@ -74,8 +72,8 @@ from shared.cli import (
     add_out_dir,
     add_overwrite,
     add_seed,
-    base_weights,
     claim_out_dir,
+    load_base,
     nonneg_float,
     nonneg_int,
     plain_args,
@@ -164,22 +162,6 @@ def data_path(name: str) -> Path:
     return path
 
 
-def base_model(args: argparse.Namespace, device: torch.device) -> LoadedBaseModel:
-    """The base model of ``--weights``/``--size``/``--books-dir``, with the record of which it is."""
-    from shared.data import fetch_gpt2_safetensors
-
-    try:
-        return load_base_model(
-            args.size,
-            weights=base_weights(args),
-            books_dir=args.books_dir,
-            gpt2_download=fetch_gpt2_safetensors,
-            device=device,
-        )
-    except BaseModelUnavailable as err:
-        raise SystemExit(f"error: no base model: {err}") from None
-
-
 def finetune(
     model: torch.nn.Module,
     train_loader: DataLoader,
@@ -231,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"  # carried by every file of the run
 
-    base = base_model(args, device)
+    base = load_base(args, load_base_model, device)
     model, source = base.model, base.description
     print(f"base model: {source}")
     if args.init_from:

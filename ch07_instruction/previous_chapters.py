@@ -814,6 +814,7 @@ def _load_books(folder: Path) -> tuple[GPTModel, dict]:
     return model, config
 
 
+# Source: ch05_pretraining/base_model.ipynb, 9. One loader for every later chapter
 def load_base_model(
     size: str = "124M",
     weights: str | None = None,
@@ -870,7 +871,8 @@ def load_base_model(
         "Two ways to get weights:\n"
         f"  - download OpenAI's GPT-2 {size} ({gigabytes}): {GPT2_SAFETENSORS_URL.format(repo=repo)}\n"
         "    (the course does it with shared.data.fetch_gpt2_safetensors; pass it as gpt2_download);\n"
-        "  - or pretrain the course's own books model (about 60 minutes on 2 CPU cores), from the\n"
+        "  - or use the course's own books model: it ships in ch05_pretraining/books_model (pass that\n"
+        "    folder as books_dir); to train it again (about 60 minutes on 2 CPU cores), from the\n"
         f"    repository root: {BOOKS_COMMAND}\n"
         "    (in quick mode, COURSE_QUICK=1, ch05_pretraining/base_model.ipynb makes a tiny one in seconds)."
     )
@@ -1041,9 +1043,10 @@ class FastDecoder:
     Works for ``GPTModel`` and ``GPTModelFast`` (same parameter names): ``self.model`` is a
     ``GPTModelFast`` sharing the model's weights, converted to ``dtype`` (default: the model's; e.g.
     ``torch.bfloat16`` reads half the bytes per token), with each block's query, key and value
-    weights stacked once. ``grouped`` (default: for float32 only, where it is faster) makes every product
-    ``grouped_matvec`` instead of ``F.linear``. A model whose parameters are not ``GPTModel``'s (e.g.
-    with LoRA adapters) is decoded in its own dtype by chapter 4's ``forward_with_cache`` (eval mode).
+    weights stacked once. ``grouped`` (default: for float32 only) makes every product
+    ``grouped_matvec`` instead of ``F.linear``; which is faster depends on the CPU (section 6.3
+    measures both). A model whose parameters are not ``GPTModel``'s (e.g. with LoRA adapters) is
+    decoded in its own dtype by chapter 4's ``forward_with_cache`` (eval mode).
     """
 
     def __init__(
@@ -1110,6 +1113,7 @@ class FastDecoder:
         return linear(x, model.out_head.weight).float()  # (b, vocab_size); a tied head is read once
 
 
+# Source: ch05_pretraining/speed.ipynb, 6.3 A decoder laid out for one token at a time
 def next_token_ids(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None) -> torch.Tensor:
     """Token IDs (b,) from logits (b, vocab_size): the most likely, or sampled as chapter 5's ``generate``."""
     if top_k is not None:
@@ -1121,6 +1125,7 @@ def next_token_ids(logits: torch.Tensor, temperature: float = 0.0, top_k: int | 
     return logits.argmax(dim=-1)  # (b,)
 
 
+# Source: ch05_pretraining/speed.ipynb, 6.3 A decoder laid out for one token at a time
 def generate_text_fast(
     model: nn.Module,
     idx: torch.Tensor,
@@ -1230,6 +1235,7 @@ class LoRALinear(nn.Module):
         return merged
 
 
+# Source: ch06_classification/ch06.ipynb, 6.9.2 LoRA: finetuning through small adapters
 def apply_lora(model: nn.Module, rank: int, alpha: float) -> nn.Module:
     """Wrap every ``nn.Linear`` of ``model`` in a ``LoRALinear`` (in place); only the adapters train."""
     if isinstance(model, (nn.Linear, LoRALinear)):

@@ -158,6 +158,7 @@ def calc_cls_loss_batch(
     return F.cross_entropy(logits, target_batch.to(device))
 
 
+# Source: ch06_classification/ch06.ipynb, 6.6 Loss and accuracy on the last token
 def _check_batches(data_loader, num_batches: int | None) -> int:
     """How many batches to read: all, or the first ``num_batches``; an empty loader is an error."""
     if len(data_loader) == 0:
@@ -211,6 +212,23 @@ def evaluate_classifier(
     return train_loss, val_loss
 
 
+# Source: ch06_classification/ch06.ipynb, 6.7 Finetuning
+def classifier_step(
+    model: nn.Module,
+    input_batch: torch.Tensor,
+    target_batch: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+) -> float:
+    """One finetuning step on one batch: loss, gradients, optimizer update; return the batch's loss."""
+    optimizer.zero_grad()
+    loss = calc_cls_loss_batch(input_batch, target_batch, model, device)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+# Source: ch06_classification/ch06.ipynb, 6.7 Finetuning
 def train_classifier(
     model: nn.Module,
     train_loader,
@@ -232,31 +250,24 @@ def train_classifier(
     for epoch in range(num_epochs):
         model.train()
         for input_batch, target_batch in train_loader:
-            optimizer.zero_grad()
-            loss = calc_cls_loss_batch(input_batch, target_batch, model, device)
-            loss.backward()
-            optimizer.step()
+            loss = classifier_step(model, input_batch, target_batch, optimizer, device)
             examples_seen += input_batch.shape[0]
             step += 1
             if step % eval_freq == 0:
                 train_loss, val_loss = evaluate_classifier(model, train_loader, val_loader, device, eval_iter)
-                history["steps"].append(step)
-                history["examples_seen"].append(examples_seen)
-                history["train_losses"].append(train_loss)
-                history["val_losses"].append(val_loss)
+                for key, value in zip(keys[:4], (step, examples_seen, train_loss, val_loss)):
+                    history[key].append(value)
                 if verbose:
                     print(
                         f"Ep {epoch + 1} (Step {step:06d}): "
                         f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}"
                     )
             if on_step is not None:
-                on_step({"epoch": epoch, "step": step, "loss": loss.item(), "examples_seen": examples_seen})
+                on_step({"epoch": epoch, "step": step, "loss": loss, "examples_seen": examples_seen})
         train_acc = calc_accuracy_loader(train_loader, model, device, num_batches=eval_iter)
         val_acc = calc_accuracy_loader(val_loader, model, device, num_batches=eval_iter)
-        history["epoch_examples"].append(examples_seen)
-        history["train_accs"].append(train_acc)
-        history["val_accs"].append(val_acc)
-        history["elapsed"].append(time.perf_counter() - start)
+        for key, value in zip(keys[4:], (examples_seen, train_acc, val_acc, time.perf_counter() - start)):
+            history[key].append(value)
         if verbose:
             print(
                 f"Ep {epoch + 1}: training accuracy {train_acc * 100:.2f}%, validation accuracy "
@@ -415,6 +426,7 @@ class LoRALinear(nn.Module):
         return merged
 
 
+# Source: ch06_classification/ch06.ipynb, 6.9.2 LoRA: finetuning through small adapters
 def apply_lora(model: nn.Module, rank: int, alpha: float) -> nn.Module:
     """Wrap every ``nn.Linear`` of ``model`` in a ``LoRALinear`` (in place); only the adapters train."""
     if isinstance(model, (nn.Linear, LoRALinear)):

@@ -96,31 +96,7 @@ def split_instruction_data(
     return shuffled[:n_train], shuffled[n_train + n_test :], shuffled[n_train : n_train + n_test]
 
 
-# Source: ch07_instruction/ch07.ipynb, 7.3 Training batches
-class InstructionDataset(Dataset):
-    """Instruction entries as (token IDs of prompt + response, prompt length); counts over-long ones."""
-
-    def __init__(self, entries: list[dict], tokenizer, max_length: int | None = None):
-        check_instruction_entries(entries)
-        self.entries, self.max_length = entries, max_length
-        self.encoded = []
-        for entry in entries:
-            # "<|endoftext|>" written in an entry is plain text, as in chapter 6's SpamDataset
-            prompt_ids = tokenizer.encode_ordinary(format_instruction_prompt(entry))
-            response_ids = tokenizer.encode_ordinary(entry["output"])
-            self.encoded.append((prompt_ids + response_ids, len(prompt_ids)))
-        # an example with n tokens gives n inputs; longer than max_length means cut by the collate function
-        self.truncated = [
-            i for i, (ids, _) in enumerate(self.encoded) if max_length is not None and len(ids) > max_length
-        ]
-
-    def __len__(self) -> int:
-        return len(self.encoded)
-
-    def __getitem__(self, index: int) -> tuple[list[int], int]:
-        return self.encoded[index]
-
-
+# Source: ch07_instruction/ch07.ipynb, 7.3.1 The collate function, in drafts
 def instruction_collate(
     batch: list[tuple[list[int], int]],
     pad_token_id: int = 50256,
@@ -147,6 +123,32 @@ def instruction_collate(
     return torch.stack(inputs).to(device), torch.stack(targets).to(device)  # (b, T) each
 
 
+# Source: ch07_instruction/ch07.ipynb, 7.3.2 The dataset
+class InstructionDataset(Dataset):
+    """Instruction entries as (token IDs of prompt + response, prompt length); counts over-long ones."""
+
+    def __init__(self, entries: list[dict], tokenizer, max_length: int | None = None):
+        check_instruction_entries(entries)
+        self.entries, self.max_length = entries, max_length
+        self.encoded = []
+        for entry in entries:
+            # "<|endoftext|>" written in an entry is plain text, as in chapter 6's SpamDataset
+            prompt_ids = tokenizer.encode_ordinary(format_instruction_prompt(entry))
+            response_ids = tokenizer.encode_ordinary(entry["output"])
+            self.encoded.append((prompt_ids + response_ids, len(prompt_ids)))
+        # an example with n tokens gives n inputs; longer than max_length means cut by the collate function
+        self.truncated = [
+            i for i, (ids, _) in enumerate(self.encoded) if max_length is not None and len(ids) > max_length
+        ]
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    def __getitem__(self, index: int) -> tuple[list[int], int]:
+        return self.encoded[index]
+
+
+# Source: ch07_instruction/ch07.ipynb, 7.4 Data loaders
 def create_instruction_loader(
     dataset: InstructionDataset,
     batch_size: int,
@@ -179,6 +181,7 @@ def extract_response(ids, prompt_len: int, tokenizer, eos_id: int = 50256) -> st
     return tokenizer.decode(new).strip()
 
 
+# Source: ch07_instruction/ch07.ipynb, 7.7 Extracting and saving responses
 def respond(
     model: nn.Module, tokenizer, entry: dict | str, max_new_tokens: int = 256, eos_id: int = 50256
 ) -> str:
@@ -192,6 +195,7 @@ def respond(
     return extract_response(out[0], idx.shape[1], tokenizer, eos_id)
 
 
+# Source: ch07_instruction/ch07.ipynb, 7.7 Extracting and saving responses
 def generate_responses(
     model: nn.Module,
     tokenizer,
@@ -293,6 +297,18 @@ def parse_judge_score(reply: str) -> float | None:
 
 
 # Source: ch07_instruction/ch07.ipynb, 7.8.2 An LLM as the judge
+def judge_prompt(entry: dict, key: str = "model_response") -> str:
+    """What the judge is asked: the task, the reference answer and the response, for a score from 0 to 100."""
+    return (
+        f"Here is a task for an assistant:\n\n{format_instruction_prompt(entry)}\n\n"
+        f"A correct answer is:\n{entry['output']}\n\n"
+        f"The assistant answered:\n{entry[key]}\n\n"
+        "Score the assistant's answer from 0 (useless or wrong) to 100 (as good as the correct answer). "
+        "Reply with the integer score only."
+    )
+
+
+# Source: ch07_instruction/ch07.ipynb, 7.12 The judge client
 JUDGE_DEFAULT_URLS = {"ollama": "http://localhost:11434", "openai": "http://localhost:8080/v1"}
 
 
@@ -315,6 +331,7 @@ def judge_setup_help(api: str, base_url: str, model: str) -> str:
     )
 
 
+# Source: ch07_instruction/ch07.ipynb, 7.12 The judge client
 @dataclass
 class LLMJudge:
     """A client for an LLM judge behind Ollama's REST API (``api="ollama"``) or an OpenAI-compatible one."""
@@ -422,17 +439,7 @@ class LLMJudge:
         return None, reply
 
 
-def judge_prompt(entry: dict, key: str = "model_response") -> str:
-    """What the judge is asked: the task, the reference answer and the response, for a score from 0 to 100."""
-    return (
-        f"Here is a task for an assistant:\n\n{format_instruction_prompt(entry)}\n\n"
-        f"A correct answer is:\n{entry['output']}\n\n"
-        f"The assistant answered:\n{entry[key]}\n\n"
-        "Score the assistant's answer from 0 (useless or wrong) to 100 (as good as the correct answer). "
-        "Reply with the integer score only."
-    )
-
-
+# Source: ch07_instruction/ch07.ipynb, 7.12 The judge client
 def judge_responses(
     judge: LLMJudge, entries: list[dict], key: str = "model_response", progress: bool = False
 ) -> pd.DataFrame:

@@ -27,16 +27,17 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
-from shared.runtime import REPO_ROOT, checkpoint_dir, get_device, is_quick, set_seed
+from shared.runtime import REPO_ROOT, books_model_dir, course_dir, get_device, is_quick, set_seed
 
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+T = TypeVar("T")
 WEIGHTS_CHOICES = ("auto", "gpt2", "books")
-BOOKS_MODEL_DIR = "books"  # checkpoint_dir's name of the course's books model (train.py --data books)
 # A folder default: a name for checkpoint_dir, or a function of the parsed arguments that returns one
-DirDefault = str | Callable[[argparse.Namespace], str]
+DirDefault = str | Callable[[argparse.Namespace], str | Path]  # a checkpoint_dir name, or a folder
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -77,13 +78,9 @@ class ScriptParser(argparse.ArgumentParser):
             if value is not None:
                 setattr(parsed, dest, Path(value))
             elif name is not None:
-                setattr(parsed, dest, course_dir(name(parsed) if callable(name) else name, quick=quick))
+                target = name(parsed) if callable(name) else name  # a checkpoint_dir name, or a folder
+                setattr(parsed, dest, target if isinstance(target, Path) else course_dir(target, quick=quick))
         return parsed, extras
-
-
-def course_dir(name: str, quick: bool = False) -> Path:
-    """``checkpoint_dir(name)``; for a quick run (``--quick``) the quick folder, ``<name>-quick``."""
-    return checkpoint_dir(f"{name}-quick" if quick and not is_quick() else name)
 
 
 def script_prog(script: str | os.PathLike) -> str:
@@ -283,13 +280,13 @@ def add_base_model(parser: ScriptParser, size: str = "124M") -> None:
         default=size,
         help="GPT-2 size, when GPT-2 weights are used",
     )
-    parser.default_dirs["books_dir"] = BOOKS_MODEL_DIR
+    parser.default_dirs["books_dir"] = lambda args: books_model_dir(quick=bool(getattr(args, "quick", False)))
     parser.add_argument(
         "--books-dir",
         default=None,
         metavar="DIR",
-        help=f"folder of the books model, written by train.py --data books (default: checkpoints/"
-        f"{BOOKS_MODEL_DIR}, or {BOOKS_MODEL_DIR}-quick in quick mode)",
+        help="folder of the books model (default: the copy that ships with the course, "
+        "ch05_pretraining/books_model; in quick mode checkpoints/books-quick, written by quick runs)",
     )
 
 
@@ -333,6 +330,31 @@ def claim_out_dir(folder: Path, outputs: Sequence[str], overwrite: bool, other: 
 def base_weights(args: argparse.Namespace) -> str | None:
     """``--weights`` as ``load_base_model`` takes it: None for auto, else ``gpt2`` or ``books``."""
     return None if args.weights == "auto" else args.weights
+
+
+def load_base(
+    args: argparse.Namespace,
+    loader: Callable[..., T],
+    device: torch.device | str = "cpu",
+    download: Callable[[str], os.PathLike] | None = None,
+) -> T:
+    """``loader`` (chapter 5's ``load_base_model``) with ``--weights``, ``--size`` and ``--books-dir``.
+
+    GPT-2 comes from Hugging Face's safetensors file unless ``download`` fetches it otherwise; when no
+    weights can be loaded the script ends with the loader's one message (what was tried, how to fix it).
+    """
+    from shared.data import fetch_gpt2_safetensors
+
+    try:
+        return loader(
+            args.size,
+            weights=base_weights(args),
+            books_dir=args.books_dir,
+            gpt2_download=download or fetch_gpt2_safetensors,
+            device=device,
+        )
+    except FileNotFoundError as err:  # BaseModelUnavailable: nothing could be loaded
+        raise SystemExit(f"error: no base model: {err}") from None
 
 
 def plain_args(args: argparse.Namespace) -> dict:

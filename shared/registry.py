@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shared.colab import BRANCH, github_slug
+
 RAW_BOOK = "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main"
 OPENAI_GPT2 = "https://openaipublic.blob.core.windows.net/gpt-2"
 BACKUP_GPT2 = "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2"
@@ -75,6 +77,13 @@ def _entries() -> list[RemoteFile]:
             203524,
         ),
         RemoteFile(
+            "instruction-data-with-response.json",
+            (f"{RAW_BOOK}/ch07/01_main-chapter-code/instruction-data-with-response.json",),
+            "aced320504c77c98d957316eb9f3460945256226c36b5e9752bf7d49585eb943",
+            29279,
+            note="the book's test set with its GPT-2 355M responses (key model_response)",
+        ),
+        RemoteFile(
             "instruction-data-with-preference.json",
             (f"{RAW_BOOK}/ch07/04_preference-tuning-with-dpo/instruction-data-with-preference.json",),
             "305315abf14f65fa42c01a0877572f832606571c2a7d49f152ac1d758b16756e",
@@ -118,6 +127,21 @@ def _entries() -> list[RemoteFile]:
                 note="revised by Project Gutenberg from time to time: no checksum",
             )
         )
+    # The course's own books model (section 9 of ch05_pretraining/base_model.ipynb): committed in
+    # ch05_pretraining/books_model/, and fetched from the course's repository where a notebook runs
+    # without it (shared.runtime.books_model_dir). A test checks the committed files against these.
+    for part, sha256, size in BOOKS_MODEL_FILES:
+        files.append(
+            RemoteFile(
+                f"books_model/{part}",
+                (
+                    f"https://raw.githubusercontent.com/{github_slug()}/{BRANCH}/ch05_pretraining/books_model/{part}",
+                ),
+                sha256,
+                size,
+                note="the course's books model, bfloat16 weights (README: The books model)",
+            )
+        )
     return files
 
 
@@ -138,6 +162,11 @@ GUTENBERG_BOOKS = (84, 98, 175, 345, 514, 844, 1184, 1342, 1400, 1513, 2701, 202
 # GPT-2's published sizes, smallest first: the keys of chapter 4's GPT2_PRESETS (a test checks they agree;
 # shared/ imports no lesson code).
 GPT2_SIZES = ("124M", "355M", "774M", "1558M")
+# The shipped books model's files: name, sha256, bytes.
+BOOKS_MODEL_FILES = (
+    ("model.safetensors", "3c6c8486c5c159e5535d0507f7b049f5f48d02cfef4220dd3fbba212e8845238", 28974616),
+    ("config.json", "2bc4aaa71f8fa8d91e52d4786f541548b0b5394c7138812619b14575692be057", 877),
+)
 GPT2_CKPT_FILES = (
     "checkpoint",
     "encoder.json",

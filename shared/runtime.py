@@ -45,11 +45,21 @@ FULL_MODE_COST = {
         "about an hour of pretraining on 2 CPU cores (the notebook resumes a run made beforehand with"
         " train.py), 15 minutes for the size comparison and about 1 GB of disk"
     ),
-    "ch06_classification": f"about 10 minutes of finetuning on a laptop CPU; {NEEDS_BASE_MODEL}",
-    "ch06_classification/ch06_comparisons.ipynb": (
-        f"about 25 minutes of finetuning on a laptop CPU; {NEEDS_BASE_MODEL}"
+    "ch06_classification": (
+        "with the books model, about 10 minutes of finetuning on a laptop CPU; with GPT-2 124M, about"
+        " 30 minutes (5 epochs in 6.7, every layer in 6.9.3; estimated from the book's 6 minutes for 6.7)"
+        f" after a 550 MB download; {NEEDS_BASE_MODEL}"
     ),
-    "ch07_instruction": f"about 15 minutes of finetuning and generation on a laptop CPU; {NEEDS_BASE_MODEL}",
+    "ch06_classification/ch06_comparisons.ipynb": (
+        "with the books model, about 25 minutes of finetuning on a laptop CPU; with GPT-2 124M, roughly"
+        " 3 hours (9 runs of 5 epochs each, one padded to 1,024 tokens; an estimate, a GPU takes minutes)"
+        f" after a 550 MB download; {NEEDS_BASE_MODEL}"
+    ),
+    "ch07_instruction": (
+        "with the course's books model about 15 minutes of finetuning and generation on a laptop CPU;"
+        " with GPT-2 355M (a 1.5 GB download) more than an hour on a laptop CPU, minutes on a GPU;"
+        f" {NEEDS_BASE_MODEL}"
+    ),
 }
 SWITCH_HINT = (
     "To switch, run `%env COURSE_QUICK={value}` in a cell, then the notebook again from the top"
@@ -82,6 +92,38 @@ def checkpoint_dir(name: str) -> Path:
     """
     root = Path(os.environ.get("COURSE_CHECKPOINT_DIR") or REPO_ROOT / "checkpoints")
     return root / (f"{name}-quick" if is_quick() else name)
+
+
+def course_dir(name: str, quick: bool = False) -> Path:
+    """``checkpoint_dir(name)``; for a quick run (a script's ``--quick``) the folder ``<name>-quick``."""
+    return checkpoint_dir(f"{name}-quick" if quick and not is_quick() else name)
+
+
+# The books model that ships with the course (bf16 weights and config.json, written by section 9 of
+# ch05_pretraining/base_model.ipynb from the run of train.py --data books; see README "The books model").
+SHIPPED_BOOKS_MODEL = REPO_ROOT / "ch05_pretraining" / "books_model"
+
+
+def books_model_dir(quick: bool = False) -> Path:
+    """The books model's folder: the copy that ships with the course; in quick mode the tiny model's folder.
+
+    Quick mode (``COURSE_QUICK=1``, or ``quick`` for a script's ``--quick``) uses the tiny model that
+    quick runs of ``base_model.ipynb`` and ``train.py`` write, ``checkpoints/books-quick``. Where the
+    shipped weights are missing (a notebook copied without the repository), they are fetched like
+    any course file; if that fails too, the shipped path is returned and the loader says what is missing.
+    """
+    if quick or is_quick():
+        return course_dir("books", quick=True)
+    if not (SHIPPED_BOOKS_MODEL / "model.safetensors").is_file():
+        from shared.data import DownloadError, fetch
+
+        try:
+            for part in ("config.json", "model.safetensors"):
+                folder = fetch(f"books_model/{part}", quiet=True).parent
+        except DownloadError:
+            return SHIPPED_BOOKS_MODEL
+        return folder
+    return SHIPPED_BOOKS_MODEL
 
 
 def set_seed(seed: int = 123) -> None:

@@ -208,3 +208,12 @@ def test_load_refuses_a_checkpoint_with_the_wrong_number_of_classes(tiny_cfg, tm
     assert model.out_head.out_features == 3
     with pytest.raises(ValueError, match="2 labels were given"):
         save_classifier(tmp_path / "x.pth", three)
+
+
+def test_the_full_mode_banner_gives_a_cost_per_base_model(monkeypatch):
+    from shared.runtime import mode_banner
+
+    monkeypatch.setenv("COURSE_QUICK", "0")
+    for notebook in ("ch06.ipynb", "ch06_comparisons.ipynb"):
+        banner = mode_banner("ch06_classification", notebook)
+        assert "with the books model" in banner and "with GPT-2 124M" in banner, notebook

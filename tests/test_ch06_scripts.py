@@ -6,7 +6,7 @@ import pytest
 
 from gpt_from_scratch.ch04 import GPT_CONFIG_124M
 from gpt_from_scratch.ch06 import load_classifier
-from shared.runtime import REPO_ROOT
+from shared.runtime import REPO_ROOT, SHIPPED_BOOKS_MODEL
 
 FINETUNE = REPO_ROOT / "ch06_classification" / "finetune.py"
 
@@ -59,7 +59,7 @@ def test_default_folders_go_through_checkpoint_dir(tmp_path, monkeypatch, script
     args = parse([])
     assert (args.out_dir, args.books_dir, args.weights, args.quick) == (
         tmp_path / "ch06",
-        tmp_path / "books",
+        SHIPPED_BOOKS_MODEL,  # the books model that ships with the course
         "auto",
         False,
     )
@@ -90,3 +90,10 @@ def test_finetune_refuses_a_folder_with_another_run(tmp_path, run_script):
     done = run_script(FINETUNE, "--out-dir", str(tmp_path), "--device", "cpu", check=False)
     assert done.code == 1 and "--overwrite" in done.err and "classifier.pth" in done.err
     assert (tmp_path / "classifier.pth").read_bytes() == b"old"
+
+
+def test_the_default_epochs_follow_the_chapter(script_module):
+    script = script_module(FINETUNE)
+    assert script.chapter_epochs("gpt2") == 5  # the book's recipe
+    assert script.chapter_epochs("books") == 2
+    assert script.parse_args([]).epochs is None  # chosen once the base model is known

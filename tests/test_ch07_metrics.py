@@ -99,3 +99,18 @@ def test_score_responses_table():
     assert df[list(OFFLINE_METRICS)].mean().tolist() == [0.5, 0.5, 0.5]
     other = score_responses(entries[2:], key="answer")
     assert other.loc[0, "token_f1"] == pytest.approx(2 * (1 / 4) * 1 / (1 / 4 + 1))
+
+
+def test_the_books_published_responses_as_a_reference_point(mirror):
+    """The book's GPT-2 355M responses to its test set, scored by the course's metrics (ch07, 7.8.4)."""
+    from gpt_from_scratch.ch07 import load_instruction_data
+    from shared.data import fetch
+    from shared.registry import FILES
+
+    entry = FILES["instruction-data-with-response.json"]
+    assert entry.sha256 and entry.size == 29279
+    keys = ("instruction", "input", "output", "model_response")
+    reference = load_instruction_data(fetch("instruction-data-with-response.json", quiet=True), required=keys)
+    assert len(reference) == 110
+    means = score_responses(reference)[list(OFFLINE_METRICS)].mean().round(3).to_dict()
+    assert means == {"exact_match": 0.155, "token_f1": 0.593, "rouge_l": 0.581}

@@ -15,7 +15,7 @@ from test_ch07_judge import StubServer, free_port, ollama_reply, openai_reply
 
 from gpt_from_scratch.ch04 import GPT_CONFIG_124M, GPTModel
 from gpt_from_scratch.ch05 import load_checkpoint
-from shared.runtime import REPO_ROOT
+from shared.runtime import REPO_ROOT, SHIPPED_BOOKS_MODEL
 
 FINETUNE = REPO_ROOT / "ch07_instruction" / "finetune.py"
 EVALUATE = REPO_ROOT / "ch07_instruction" / "evaluate.py"
@@ -126,7 +126,7 @@ def test_default_folders_and_quick_mode(tmp_path, monkeypatch, script_module):
     args = parse([])
     assert (args.out_dir, args.books_dir, args.weights, args.size) == (
         tmp_path / "ch07",
-        tmp_path / "books",
+        SHIPPED_BOOKS_MODEL,  # the books model that ships with the course
         "auto",
         "355M",
     )

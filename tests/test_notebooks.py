@@ -78,7 +78,7 @@ def test_title_numbered_sections_and_exercises(notebook):
 
 
 def folding_problems(path: Path, nb: dict) -> list[str]:
-    """What keeps a notebook's exercise solutions from being folded away (empty when they are)."""
+    """What keeps a notebook's solutions (code and output) from being folded away (empty when they are)."""
     start = next(
         i
         for i, c in enumerate(nb["cells"])
@@ -95,6 +95,12 @@ def folding_problems(path: Path, nb: dict) -> list[str]:
                 problems.append(
                     f"{path.name}: solution code not collapsed (JupyterLab source_hidden, Colab cellView):\n"
                     f"{_src(cell)[:80]}"
+                )
+            if cell.get("outputs") and not meta.get("jupyter", {}).get("outputs_hidden"):
+                # a result shown under a collapsed solution gives the answer away before it is opened
+                problems.append(
+                    f"{path.name}: solution output visible (store it without outputs, or folded with "
+                    f"JupyterLab's jupyter.outputs_hidden):\n{_src(cell)[:80]}"
                 )
     exercises = [
         c for c in cells if c["cell_type"] == "markdown" and re.search(r"\*\*Exercise|### Exercise", _src(c))
@@ -124,10 +130,14 @@ def test_the_folding_check_catches_an_unfolded_solution():
     )
     solution = next(c for c in nb["cells"][start:] if c["cell_type"] == "code")
     solution["metadata"].pop("cellView")
+    solution["metadata"]["jupyter"].pop("outputs_hidden")
+    assert solution.get("outputs"), "the check needs a solution that has output"
     exercise = next(c for c in nb["cells"][start:] if "<details>" in _src(c))
     exercise["source"] = _src(exercise).replace("<details>", "")
     problems = "\n".join(folding_problems(path, nb))
-    assert "not collapsed" in problems and "<details> block" in problems
+    assert "not collapsed" in problems and "<details> block" in problems and "output visible" in problems
+    solution["outputs"] = []  # stored without output: nothing to see before running it
+    assert "output visible" not in "\n".join(folding_problems(path, nb))
 
 
 def test_images_have_alt_text_and_are_not_hotlinked(notebook):

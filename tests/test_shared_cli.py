@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gpt_from_scratch.ch05 import BaseModelUnavailable
 from shared.cli import (
     WEIGHTS_CHOICES,
     HelpFormatter,
@@ -17,11 +18,12 @@ from shared.cli import (
     add_seed,
     base_weights,
     course_dir,
+    load_base,
     plain_args,
     script_parser,
     setup_runtime,
 )
-from shared.runtime import REPO_ROOT
+from shared.runtime import REPO_ROOT, SHIPPED_BOOKS_MODEL
 
 DOC = """A demo script.
 
@@ -85,7 +87,7 @@ def test_flags_only_on_request():
 
 def test_default_folders_go_through_checkpoint_dir(checkpoints):
     args = script_parser(DOC, **ALL_FLAGS).parse_args([])
-    assert args.out_dir == checkpoints / "demo" and args.books_dir == checkpoints / "books"
+    assert args.out_dir == checkpoints / "demo" and args.books_dir == SHIPPED_BOOKS_MODEL  # shipped
     assert (args.seed, args.device, args.weights, args.size, args.threads) == (
         7,
         "auto",
@@ -103,6 +105,7 @@ def test_quick_flag_and_quick_mode_pick_the_quick_folders(checkpoints, monkeypat
     monkeypatch.setenv("COURSE_QUICK", "1")
     args = script_parser(DOC, **ALL_FLAGS).parse_args([])
     assert args.quick and args.out_dir == checkpoints / "demo-quick"  # from checkpoint_dir itself
+    assert args.books_dir == checkpoints / "books-quick"  # the tiny model of quick runs
     assert course_dir("demo", quick=True) == checkpoints / "demo-quick"  # never demo-quick-quick
 
 
@@ -382,3 +385,24 @@ def test_number_types_name_their_range():
 def test_help_says_what_can_go_wrong(script, run_script):
     out = run_script(script, "--help").out
     assert "What can go wrong" in out and "--debug" in out
+
+
+def test_load_base_passes_the_flags_and_ends_with_one_line(checkpoints):
+    args = script_parser(DOC, **ALL_FLAGS).parse_args(["--weights", "books", "--size", "774M"])
+    calls = []
+
+    def loader(size, **kwargs):
+        calls.append((size, kwargs))
+        return "a model"
+
+    assert load_base(args, loader, device="cpu") == "a model"
+    ((size, kwargs),) = calls
+    got = (size, kwargs["weights"], kwargs["books_dir"], kwargs["device"])
+    assert got == ("774M", "books", args.books_dir, "cpu")
+    assert kwargs["gpt2_download"].__name__ == "fetch_gpt2_safetensors"  # GPT-2 from Hugging Face by default
+
+    def nothing(size, **kwargs):
+        raise BaseModelUnavailable("No pretrained weights could be loaded. Tried: ...")
+
+    with pytest.raises(SystemExit, match="^error: no base model: No pretrained weights could be loaded"):
+        load_base(args, nothing)
