@@ -16,6 +16,12 @@ its weights can be loaded (``--source hf``, the default, downloads Hugging Face'
 the course's books model; which one is printed to stderr. ``--temperature 0`` (the default) decodes
 greedily with ``generate_text_fast`` (cached, the tokens of ``generate_text_simple``); a temperature
 above 0 samples with ``generate``. Generation stops early at ``<|endoftext|>``.
+
+What can go wrong: a damaged or foreign ``--checkpoint`` (one line naming it: delete it and re-run
+train.py); no base model (the message says how to get one). Every file is written whole or not at
+all (a temporary file, then a rename): an interrupted run never leaves half a file. An unreadable
+file, a failed download or Ctrl-C gives one line and exit code 1 (130 for Ctrl-C); ``--debug`` shows
+the traceback. A bad value is refused before any work.
 """
 
 from __future__ import annotations
@@ -28,14 +34,16 @@ import torch
 
 from gpt_from_scratch.ch04 import GPTModel
 from gpt_from_scratch.ch05 import (
+    CourseFileError,
     generate,
     generate_text_fast,
     load_base_model,
     load_checkpoint,
+    read_checkpoint,
     text_to_token_ids,
     token_ids_to_text,
 )
-from shared.cli import load_base, script_parser, setup_runtime
+from shared.cli import load_base, nonneg_float, positive_int, script_main, script_parser, setup_runtime
 from shared.tokenizer import END_OF_TEXT_ID
 
 
@@ -53,15 +61,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "checkpoint (needs tensorflow)",
     )
     p.add_argument("--prompt", default="Every effort moves you", help="the text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=50, help="most tokens to add to the prompt")
+    p.add_argument("--max-new-tokens", type=positive_int, default=50, help="most tokens to add to the prompt")
     p.add_argument(
         "--temperature",
-        type=float,
+        type=nonneg_float,
         default=0.0,
         help="0: greedy decoding; above 0: sample, flatter as it rises",
     )
     p.add_argument(
-        "--top-k", type=int, default=None, help="sample from the K likeliest tokens only (default: all)"
+        "--top-k",
+        type=positive_int,
+        default=None,
+        help="sample from the K likeliest tokens only (default: all)",
     )
     return p.parse_args(argv)
 
@@ -70,7 +81,7 @@ def model_from_checkpoint(path: Path) -> torch.nn.Module:
     """A GPTModel rebuilt from the configuration stored in a train.py checkpoint."""
     if not path.is_file():
         raise SystemExit(f"error: no checkpoint at {path}")
-    extras = torch.load(path, map_location="cpu", weights_only=True)["extra"]
+    extras = read_checkpoint(path)["extra"]  # a CourseFileError names an unreadable file
     if "cfg" not in extras:
         raise SystemExit(f"error: {path} has no model configuration: was it written by train.py?")
     model = GPTModel(extras["cfg"])
@@ -102,6 +113,7 @@ def continue_text(
     return out
 
 
+@script_main(CourseFileError)
 def main(argv: list[str] | None = None) -> int:
     """Load a model, generate from the prompt, print the text; return the exit code."""
     args = parse_args(argv)

@@ -28,6 +28,10 @@ from torch.utils.data import DataLoader, Dataset
 
 
 # Source: ch02_text_data/ch02.ipynb, 2.6 Input–target pairs from a sliding window
+class CourseFileError(ValueError):
+    """A course file (checkpoint, weights, tokens) that cannot be read; the message names it and the fix."""
+
+
 class GPTDataset(Dataset):
     """Input/target windows over a tokenized text: targets are inputs shifted by one token."""
 
@@ -408,6 +412,34 @@ def generate(
     return idx
 
 
+# Source: ch05_pretraining/ch05.ipynb, 5.4 Saving, loading and resuming
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Write ``path`` whole or not at all: ``write(tmp)`` fills a file beside it, then fsync and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: the rename stays atomic
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, Ctrl-C, ...: the previous file stays as it was
+        tmp.unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` with ``atomic_write``; return the path."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
 # Source: ch05_pretraining/ch05.ipynb, 5.5.2 Reading the checkpoint with TensorFlow
 def nest_openai_variables(variables: dict[str, np.ndarray], n_layer: int) -> dict:
     """OpenAI's variables as nested dicts: ``model/h3/attn/c_attn/w`` -> ``["blocks"][3]["attn"]...``.
@@ -660,22 +692,29 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"missing safetensors file {path}")
     tensors = {}
+    fix = "delete it and download or write it again"
+    size = path.stat().st_size
     with open(path, "rb") as fh:
         header_len = int.from_bytes(fh.read(8), "little")  # the format: header length, JSON header, data
-        header = json.loads(fh.read(header_len))
-        header.pop("__metadata__", None)
+        if size < 8 or header_len > size - 8:
+            raise CourseFileError(f"{path} is not a safetensors file (truncated or corrupt header); {fix}")
+        try:
+            header = json.loads(fh.read(header_len))
+            header.pop("__metadata__", None)
+        except (ValueError, AttributeError, TypeError):  # not JSON, or JSON but not an object
+            raise CourseFileError(f"{path} is not a safetensors file (unreadable header); {fix}") from None
         for name, info in header.items():
             if info["dtype"] not in SAFETENSORS_DTYPES:
-                raise ValueError(
+                raise CourseFileError(
                     f"{path}: tensor {name} has dtype {info['dtype']}, not one of {list(SAFETENSORS_DTYPES)}"
                 )
             begin, end = info["data_offsets"]
             tensor = torch.empty(info["shape"], dtype=SAFETENSORS_DTYPES[info["dtype"]])
             if end - begin != tensor.numel() * tensor.element_size():
-                raise ValueError(f"{path}: tensor {name} has the wrong number of bytes for its shape")
+                raise CourseFileError(f"{path}: tensor {name} has the wrong number of bytes; {fix}")
             fh.seek(8 + header_len + begin)
             if fh.readinto(tensor.view(-1).view(torch.uint8).numpy()) != end - begin:  # little-endian bytes
-                raise ValueError(f"{path} is truncated: tensor {name} is incomplete")
+                raise CourseFileError(f"{path} is truncated: tensor {name} is incomplete; {fix}")
             tensors[name] = tensor
     return tensors
 
@@ -699,10 +738,7 @@ def write_hf_safetensors(
         for i in range(n_layers):
             tensors[f"{prefix}h.{i}.attn.bias"] = mask.clone()
             tensors[f"{prefix}h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"format": "pt"})
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
 
 
 # Source: ch05_pretraining/ch05.ipynb, 5.5.6 Loading the real GPT-2 and generating text

@@ -32,6 +32,13 @@ float rounding (with ``--drop-rate`` 0). Rank 0 prints and writes; CUDA uses NCC
 
     torchrun --standalone --nproc_per_node 8 ch05_pretraining/train.py --data books --batch-size 64
     torchrun --standalone --nproc_per_node 2 ch05_pretraining/train.py --threads 1 --device cpu
+
+What can go wrong: a folder that already holds a run needs ``--resume`` (continue it) or
+``--overwrite`` (replace it); ``--resume`` refuses run settings (``--lr``, ``--steps``, ...) that
+differ from the checkpoint's. A damaged ``last.pth``: delete it and train again. Every file is
+written whole or not at all (a temporary file, then a rename): an interrupted run never leaves half
+a file. An unreadable file, a failed download or Ctrl-C gives one line and exit code 1 (130 for
+Ctrl-C); ``--debug`` shows the traceback. A bad value is refused before any work.
 """
 
 from __future__ import annotations
@@ -54,18 +61,36 @@ from tqdm.auto import tqdm
 from gpt_from_scratch.ch02 import create_dataloader
 from gpt_from_scratch.ch04 import GPT_CONFIG_124M, GPTModel, gpt2_config
 from gpt_from_scratch.ch05 import (
+    CourseFileError,
     GPTModelFast,
+    atomic_write_text,
     bf16_supported,
     generate_text_fast,
     load_checkpoint,
     lr_at_step,
     pretrain_on_tokens,
+    read_checkpoint,
     save_checkpoint,
     text_to_token_ids,
     token_ids_to_text,
     train_model,
 )
-from shared.cli import add_out_dir, add_seed, plain_args, script_parser, setup_runtime
+from shared.cli import (
+    add_out_dir,
+    add_overwrite,
+    add_seed,
+    claim_out_dir,
+    dropout_rate,
+    nonneg_float,
+    nonneg_int,
+    open_fraction,
+    plain_args,
+    positive_float,
+    positive_int,
+    script_main,
+    script_parser,
+    setup_runtime,
+)
 from shared.data import read_text as read_course_text
 from shared.registry import FILES, GUTENBERG_BOOKS
 from shared.runtime import set_seed
@@ -88,6 +113,7 @@ RUN_ARGS = (  # what defines a run; restored from the checkpoint on --resume
 ).split()
 LEGACY = {"data": "text", "fast": False, "precision": "fp32"}  # what a checkpoint without the key used
 CHECKPOINT, HISTORY, SAMPLE_TOKENS = "last.pth", "history.json", 30
+RUN_OUTPUTS = (CHECKPOINT, HISTORY, "model.safetensors", "config.json")  # tokens/ is a cache: kept
 OUT_HELP = "checkpoints/ch05 for text, checkpoints/books for books"
 PRECISION_HELP = "bf16: bfloat16 autocast; auto: bf16 where the device has bfloat16 arithmetic, else fp32"
 
@@ -100,31 +126,32 @@ def build_parser() -> argparse.ArgumentParser:
     add("--data", choices=("text", "books"), default="text", help="train on one text file, or on the books")
     add("--text", default="the-verdict.txt", help="text mode: a course file name or the path of a text")
     add("--model", help=f"tiny, books or a GPT-2 size (124M, 355M, ...) {both('model')}")
-    add("--context-length", type=int, help="the model's context (default: 64 for tiny, else 256)")
-    add("--emb-dim", type=int, help="the model's width (default: the --model's)")
-    add("--n-layers", type=int, help="the model's depth (default: the --model's)")
-    add("--n-heads", type=int, help="the model's attention heads (default: the --model's)")
-    add("--drop-rate", type=float, help=f"dropout rate {both('drop_rate')}")
-    add("--epochs", type=int, default=2, help="text mode: passes over the text")
-    add("--batch-size", type=int, help=f"rows per step, all processes together {both('batch_size')}")
-    add("--lr", type=float, help=f"peak learning rate {both('lr')}")
-    add("--min-lr", type=float, help=f"learning rate of the last step {both('min_lr')}")
-    add("--warmup", type=int, help=f"linear warmup steps {both('warmup')}")
-    add("--weight-decay", type=float, default=0.1, help="AdamW's weight decay")
+    add("--context-length", type=positive_int, help="the model's context (default: 64 for tiny, else 256)")
+    add("--emb-dim", type=positive_int, help="the model's width (default: the --model's)")
+    add("--n-layers", type=positive_int, help="the model's depth (default: the --model's)")
+    add("--n-heads", type=positive_int, help="the model's attention heads (default: the --model's)")
+    add("--drop-rate", type=dropout_rate, help=f"dropout rate {both('drop_rate')}")
+    add("--epochs", type=positive_int, default=2, help="text mode: passes over the text")
+    add("--batch-size", type=positive_int, help=f"rows per step, all processes together {both('batch_size')}")
+    add("--lr", type=positive_float, help=f"peak learning rate {both('lr')}")
+    add("--min-lr", type=nonneg_float, help=f"learning rate of the last step {both('min_lr')}")
+    add("--warmup", type=nonneg_int, help=f"linear warmup steps {both('warmup')}")
+    add("--weight-decay", type=nonneg_float, default=0.1, help="AdamW's weight decay")
     add_seed(p, detail=": the weights, the batches and dropout (kept by --resume)")
-    add("--val-ratio", type=float, default=0.1, help="text mode: share of the text kept for validation")
+    add("--val-ratio", type=open_fraction, default=0.1, help="text mode: share of the text for validation")
     add("--books", default="all", help="books mode: Gutenberg eBook numbers, e.g. 84,98, or all")
     add("--val-books", default="84", help="books mode: the held-out books (84: Frankenstein)")
-    add("--steps", type=int, default=BOOKS_STEPS, help="books mode: training steps in all")
-    add("--minutes", type=float, help="books mode: set --steps for about this long (4 timed trial steps)")
-    add("--eval-windows", type=int, default=32, help="books mode: windows per evaluation")
-    add("--extend-to", type=int, help="books mode, with --resume: stretch the schedule to this many steps")
-    add("--eval-freq", type=int, help=f"evaluate and sample every N steps {both('eval_freq')}")
-    add("--eval-iter", type=int, default=5, help="text mode: batches per evaluation")
-    add("--save-every", type=int, default=50, help="write last.pth and history.json every N steps")
-    add("--max-steps", type=int, help="stop after this global step (then continue with --resume)")
+    add("--steps", type=positive_int, default=BOOKS_STEPS, help="books mode: training steps in all")
+    add("--minutes", type=positive_float, help="books mode: set --steps for about this long (4 trial steps)")
+    add("--eval-windows", type=positive_int, default=32, help="books mode: windows per evaluation")
+    add("--extend-to", type=positive_int, help="books mode, with --resume: stretch the schedule to N steps")
+    add("--eval-freq", type=positive_int, help=f"evaluate and sample every N steps {both('eval_freq')}")
+    add("--eval-iter", type=positive_int, default=5, help="text mode: batches per evaluation")
+    add("--save-every", type=positive_int, default=50, help="write last.pth and history.json every N steps")
+    add("--max-steps", type=positive_int, help="stop after this global step (then continue with --resume)")
     add_out_dir(p, lambda a: OUT_DIRS[a.data], "last.pth, history.json and the books model", OUT_HELP)
     add("--resume", action="store_true", help="continue the run of <out-dir>/last.pth")
+    add_overwrite(p)
     add("--prompt", help=f"the samples' prompt (default: {PROMPTS['text']!r}; books: {PROMPTS['books']!r})")
     add("--fast", action=argparse.BooleanOptionalAction, default=True, help="GPTModelFast, or GPTModel")
     add("--precision", choices=("auto", "fp32", "bf16"), default="auto", help=PRECISION_HELP)
@@ -213,6 +240,8 @@ def model_config(args: argparse.Namespace) -> dict:
     for key in ("context_length", "emb_dim", "n_layers", "n_heads"):
         if getattr(args, key, None) is not None:
             cfg[key] = getattr(args, key)
+    if cfg["emb_dim"] % cfg["n_heads"]:
+        raise SystemExit(f"--n-heads {cfg['n_heads']} must divide the width (--emb-dim {cfg['emb_dim']})")
     return {**cfg, "drop_rate": args.drop_rate}
 
 
@@ -231,7 +260,10 @@ def book_tokens(args: argparse.Namespace, folder: Path, tokenizer) -> tuple:
     for split, wanted in (("train", train_names), ("val", val_names)):
         path = folder / "tokens" / f"{split}.bin"
         meta = Path(f"{path}.json")
-        listed = json.loads(meta.read_text())["books"] if meta.is_file() and path.is_file() else []
+        try:
+            listed = json.loads(meta.read_text())["books"] if meta.is_file() and path.is_file() else []
+        except (ValueError, KeyError, TypeError):  # a damaged .json: tokenize again
+            listed = []
         if [b["name"] for b in listed] != wanted:  # tokenize once; again only for other books
             texts = {n: strip_gutenberg(read_course_text(f"gutenberg/{n}.txt")) for n in wanted}
             write_token_file(texts, tokenizer, path)
@@ -244,8 +276,7 @@ def book_tokens(args: argparse.Namespace, folder: Path, tokenizer) -> tuple:
 
 def write_json(path: Path, data: dict) -> None:
     """Write ``data`` as JSON, atomically."""
-    Path(f"{path}.tmp").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(f"{path}.tmp", path)
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def steps_for_minutes(model: torch.nn.Module, train_tokens, val_tokens, device, args) -> int:
@@ -424,19 +455,30 @@ def train(args: argparse.Namespace, folder: Path, device: torch.device) -> int:
     return 0
 
 
+@script_main(CourseFileError)
 def main(argv: list[str] | None = None) -> int:
     """Train (or resume), saving checkpoints; return the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     folder = args.out_dir
+    if not args.resume:  # a new run never mixes its files with an old run's
+        claim_out_dir(folder, RUN_OUTPUTS, args.overwrite, ", or --resume to continue it")
     if args.resume and not (folder / CHECKPOINT).is_file():
         raise SystemExit(f"--resume: no checkpoint at {folder / CHECKPOINT}; train without --resume first")
     if args.resume:
-        saved = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True)["extra"]["args"]
+        saved = read_checkpoint(folder / CHECKPOINT)["extra"]["args"]  # CourseFileError if unreadable
+        given = [k for k in RUN_ARGS if getattr(args, k) not in (parser.get_default(k), saved.get(k))]
+        if given:  # the run's settings come from its checkpoint: never ignore a flag silently
+            flags = ", ".join(
+                f"--{k.replace('_', '-')} {getattr(args, k)} (the run's: {saved.get(k)})" for k in given
+            )
+            raise SystemExit(f"--resume continues the run with its own settings; drop {flags}")
         for key in RUN_ARGS:
             setattr(args, key, saved.get(key, LEGACY.get(key, getattr(args, key))))
     for key, value in {**DEFAULTS[args.data], "prompt": PROMPTS[args.data]}.items():
         if getattr(args, key) is None:  # the default of the mode (--data)
             setattr(args, key, value)
+    model_config(args)  # the model's shape is checked before any work
     device = setup_runtime(args)  # --threads, --seed and --device
     try:
         return train(args, folder, device)

@@ -18,6 +18,12 @@ with ``--split-seed`` (by default ``--seed``, which also sets the head's start a
 batches), and saves ``classifier.pth`` in ``--out-dir`` (default ``checkpoints/ch06``) after every
 epoch (LoRA adapters are merged into the saved copy). ``--classify`` loads that file and prints the
 label and its probability for each message, without training.
+
+What can go wrong: a folder with a ``classifier.pth`` needs ``--overwrite`` (or another
+``--out-dir``); a damaged ``classifier.pth`` for ``--classify``: delete it and train again. Every
+file is written whole or not at all (a temporary file, then a rename): an interrupted run never
+leaves half a file. An unreadable file, a failed download or Ctrl-C gives one line and exit code 1
+(130 for Ctrl-C); ``--debug`` shows the traceback. A bad value is refused before any work.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from gpt_from_scratch.ch05 import load_base_model
+from gpt_from_scratch.ch05 import CourseFileError, load_base_model
 from gpt_from_scratch.ch06 import (
     SPAM_LABELS,
     SpamDataset,
@@ -50,7 +56,20 @@ from gpt_from_scratch.ch06 import (
     split_data_frame,
     train_classifier,
 )
-from shared.cli import add_out_dir, add_seed, load_base, plain_args, script_parser, setup_runtime
+from shared.cli import (
+    add_out_dir,
+    add_overwrite,
+    add_seed,
+    claim_out_dir,
+    load_base,
+    nonneg_float,
+    plain_args,
+    positive_float,
+    positive_int,
+    script_main,
+    script_parser,
+    setup_runtime,
+)
 
 CHECKPOINT = "classifier.pth"
 # The chapter's learning rates: (GPT-2 weights, the books model), for the last block and for LoRA
@@ -79,6 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add_seed(p, default=123, detail="; here the head's start and the order of the batches")
     add_out_dir(p, "ch06", f"{CHECKPOINT}, which --classify reads")
+    add_overwrite(p)
     p.add_argument("--classify", nargs="+", metavar="TEXT", help="classify these messages with a saved model")
     p.add_argument(
         "--trainable",
@@ -87,27 +107,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="what trains besides the new head: nothing else, the last block and the final norm, or all",
     )
     p.add_argument("--lora", action="store_true", help="train LoRA adapters on every linear layer instead")
-    p.add_argument("--rank", type=int, default=8, help="LoRA rank")
-    p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (updates scaled by alpha/rank)")
+    p.add_argument("--rank", type=positive_int, default=8, help="LoRA rank")
+    p.add_argument(
+        "--alpha", type=positive_float, default=16.0, help="LoRA alpha (updates scaled by alpha/rank)"
+    )
     p.add_argument(
         "--epochs",
-        type=int,
+        type=positive_int,
         default=None,
         help="passes over the training messages (default: as in the chapter: 5 with GPT-2, 2 with books)",
     )
-    p.add_argument("--batch-size", type=int, default=8, help="messages per training step")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="messages per training step")
     p.add_argument(
-        "--lr", type=float, default=None, help="learning rate (default: as in the chapter, see DEFAULT_LR)"
+        "--lr",
+        type=positive_float,
+        default=None,
+        help="learning rate (default: as in the chapter, see DEFAULT_LR)",
     )
-    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW's weight decay")
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.1, help="AdamW's weight decay")
     p.add_argument(
         "--max-length",
-        type=int,
+        type=positive_int,
         default=None,
         help="pad or cut messages to this many tokens (default: the longest training message)",
     )
-    p.add_argument("--eval-freq", type=int, default=50, help="estimate the losses every N steps")
-    p.add_argument("--eval-iter", type=int, default=5, help="batches per estimate")
+    p.add_argument("--eval-freq", type=positive_int, default=50, help="estimate the losses every N steps")
+    p.add_argument("--eval-iter", type=positive_int, default=5, help="batches per estimate")
     p.add_argument(
         "--split-seed",
         type=int,
@@ -141,11 +166,13 @@ def chapter_epochs(weights: str) -> int:
     return 5 if weights == "gpt2" else 2
 
 
+@script_main(CourseFileError)
 def main(argv: list[str] | None = None) -> int:
     """Finetune and save a spam classifier (or classify messages); return the exit code."""
     args = parse_args(argv)
     if args.classify:
         return classify(args)
+    claim_out_dir(args.out_dir, (CHECKPOINT,), args.overwrite)  # before any work: one run per folder
     from shared.runtime import set_seed
     from shared.tokenizer import get_gpt2_tokenizer
 

@@ -20,6 +20,13 @@ is recorded as missing, never as 0.
 Written to ``--out-dir`` (default: the folder of the first file, e.g. ``checkpoints/ch07``, where
 ``finetune.py`` writes): ``report.md`` (means per file and the per-entry table), ``scores.csv`` (per
 entry) and ``summary.json`` (means).
+
+What can go wrong: responses whose run id differs from the ``train_log.json`` beside them (a
+finetune stopped before it wrote new responses) are refused as stale; ``--allow-mixed-runs`` scores
+them with a warning. Every file is written whole or not at all (a temporary file, then a rename): an
+interrupted run never leaves half a file. An unreadable file, a failed download or Ctrl-C gives one
+line and exit code 1 (130 for Ctrl-C); ``--debug`` shows the traceback. A bad value is refused
+before any work.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from gpt_from_scratch.ch05 import CourseFileError, atomic_write, atomic_write_text
 from gpt_from_scratch.ch07 import (
     INSTRUCTION_KEYS,
     OFFLINE_METRICS,
@@ -42,7 +50,7 @@ from gpt_from_scratch.ch07 import (
     load_instruction_data,
     score_responses,
 )
-from shared.cli import add_out_dir, script_parser
+from shared.cli import add_out_dir, nonneg_int, positive_float, script_main, script_parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,8 +96,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("COURSE_JUDGE_API_KEY") or None,
         help="sent as a Bearer token (default: $COURSE_JUDGE_API_KEY, else none)",
     )
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per judge request")
-    p.add_argument("--retries", type=int, default=2, help="extra attempts per judge request")
+    p.add_argument("--timeout", type=positive_float, default=120.0, help="seconds per judge request")
+    p.add_argument("--retries", type=nonneg_int, default=2, help="extra attempts per judge request")
+    p.add_argument(
+        "--allow-mixed-runs",
+        action="store_true",
+        help="score responses even when their run id differs from the model's (train_log.json) beside them",
+    )
     return p.parse_args(argv)
 
 
@@ -106,6 +119,28 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def check_same_run(path: Path, entries: list[dict], allow: bool) -> None:
+    """Refuse responses whose run id differs from the run in their folder's train_log.json (finetune.py's)."""
+    log_file = path.parent / "train_log.json"
+    ids = {entry.get("run_id") for entry in entries}
+    if not log_file.is_file() or ids == {None}:
+        return  # not written by finetune.py (or before run ids): nothing to compare
+    try:
+        model_run = json.loads(log_file.read_text(encoding="utf-8")).get("run_id")
+    except ValueError:
+        model_run = None
+    if ids == {model_run}:
+        return
+    message = (
+        f"{path} holds responses of run {', '.join(sorted(map(str, ids)))}, but the model in {path.parent} "
+        f"is from run {model_run} (train_log.json): the responses are stale"
+    )
+    if not allow:
+        raise SystemExit(f"error: {message}; re-run finetune.py, or pass --allow-mixed-runs")
+    print(f"WARNING: {message}; scoring them anyway (--allow-mixed-runs)", file=sys.stderr)
+
+
+@script_main(CourseFileError)
 def main(argv: list[str] | None = None) -> int:
     """Score the files, write the report; return the exit code."""
     args = parse_args(argv)
@@ -120,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             results[path] = load_instruction_data(path, required=(*INSTRUCTION_KEYS, args.key))
         except InstructionDataError as err:
             raise SystemExit(f"error: {err}") from None
+        check_same_run(path, results[path], args.allow_mixed_runs)
 
     judge = None
     if args.judge:
@@ -168,9 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out_dir or files[0].parent
     out_dir.mkdir(parents=True, exist_ok=True)
     scores = pd.concat(tables, ignore_index=True)
-    scores.to_csv(out_dir / "scores.csv", index=False)
+    atomic_write(out_dir / "scores.csv", lambda tmp: scores.to_csv(tmp, index=False))
     means = pd.DataFrame(summary)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     shown = [c for c in scores.columns if c not in ("judge_reply", "judge_error")]
     report = [
         "# Instruction-following evaluation",
@@ -193,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         markdown_table(scores[shown]),
         "",
     ]
-    (out_dir / "report.md").write_text("\n".join(report), encoding="utf-8")
+    atomic_write_text(out_dir / "report.md", "\n".join(report))
     print(means.to_string(index=False))
     print("wrote", out_dir / "report.md", "and", out_dir / "scores.csv")
     return 0

@@ -27,7 +27,14 @@ progress bar shows the steps and the losses of every evaluation. Written to ``--
   ``--base-responses`` also ``responses-base.json`` from the model before finetuning;
 * ``train_log.json``: the losses and the timing.
 
-``ch07_instruction/evaluate.py`` scores the responses.
+``ch07_instruction/evaluate.py`` scores the responses. Every file of a run carries its run id.
+
+What can go wrong: a folder that holds a run (``model.pth``, ``responses.json``, ...) needs
+``--overwrite``, which removes those files first, so old responses never sit beside a new model;
+malformed instruction JSON is named by file, line and entry. Every file is written whole or not at
+all (a temporary file, then a rename): an interrupted run never leaves half a file. An unreadable
+file, a failed download or Ctrl-C gives one line and exit code 1 (130 for Ctrl-C); ``--debug`` shows
+the traceback. A bad value is refused before any work.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import json
 import math
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,6 +53,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from gpt_from_scratch.ch05 import (
+    CourseFileError,
+    atomic_write_text,
     load_base_model,
     load_checkpoint,
     save_checkpoint,
@@ -58,8 +68,23 @@ from gpt_from_scratch.ch07 import (
     save_responses,
     split_instruction_data,
 )
-from shared.cli import add_out_dir, add_seed, load_base, plain_args, script_parser, setup_runtime
+from shared.cli import (
+    add_out_dir,
+    add_overwrite,
+    add_seed,
+    claim_out_dir,
+    load_base,
+    nonneg_float,
+    nonneg_int,
+    plain_args,
+    positive_float,
+    positive_int,
+    script_main,
+    script_parser,
+    setup_runtime,
+)
 
+RUN_OUTPUTS = ("model.pth", "epoch-*.pth", "responses*.json", "train_log.json")  # one run's files
 QUICK = {"limit": 40, "epochs": 1, "max_new_tokens": 16}  # --quick: a few entries, one epoch, short replies
 
 
@@ -76,29 +101,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add_seed(p, default=123, detail="; here the 85/5/10 split, the order of the batches and dropout")
     add_out_dir(p, "ch07", "checkpoints, responses and the training log")
+    add_overwrite(p)
     p.add_argument("--data", default="instruction-data.json", help="course file name or path to a JSON list")
     p.add_argument(
         "--init-from", default=None, metavar="PATH", help="start from this finetuned checkpoint (model.pth)"
     )
-    p.add_argument("--epochs", type=int, default=2, help="passes over the training entries")
-    p.add_argument("--batch-size", type=int, default=8, help="entries per training step")
-    p.add_argument("--lr", type=float, default=2e-4, help="learning rate (the book uses 5e-5 for GPT-2 355M)")
-    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW's weight decay")
-    p.add_argument("--max-length", type=int, default=128, help="truncate examples (capped at the context)")
+    p.add_argument("--epochs", type=positive_int, default=2, help="passes over the training entries")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="entries per training step")
+    p.add_argument(
+        "--lr", type=positive_float, default=2e-4, help="learning rate (the book uses 5e-5 for GPT-2 355M)"
+    )
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.1, help="AdamW's weight decay")
+    p.add_argument(
+        "--max-length", type=positive_int, default=128, help="truncate examples (capped at the context)"
+    )
     p.add_argument("--mask-prompt", action="store_true", help="leave the prompt tokens out of the loss")
     p.add_argument(
         "--lora-rank",
-        type=int,
+        type=nonneg_int,
         default=0,
         help="train LoRA adapters of this rank instead of all weights (0: full finetuning)",
     )
-    p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha (updates scaled by alpha/rank)")
     p.add_argument(
-        "--limit", type=int, default=None, metavar="N", help="use only the first N entries of each split"
+        "--lora-alpha", type=positive_float, default=16.0, help="LoRA alpha (updates scaled by alpha/rank)"
     )
-    p.add_argument("--eval-freq", type=int, default=10, help="evaluate every N steps")
-    p.add_argument("--eval-iter", type=int, default=5, help="batches per evaluation")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="longest response generated")
+    p.add_argument(
+        "--limit",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="use only the first N entries of each split",
+    )
+    p.add_argument("--eval-freq", type=positive_int, default=10, help="evaluate every N steps")
+    p.add_argument("--eval-iter", type=positive_int, default=5, help="batches per evaluation")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="longest response generated")
     p.add_argument("--no-responses", action="store_true", help="do not generate the test set's responses")
     p.add_argument(
         "--base-responses",
@@ -158,6 +194,7 @@ def finetune(
     return state["history"]
 
 
+@script_main(CourseFileError)
 def main(argv: list[str] | None = None) -> int:
     """Finetune, save checkpoints and responses; return the exit code."""
     args = parse_args(argv)
@@ -172,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     device = setup_runtime(args)
     tokenizer = get_gpt2_tokenizer()
     out_dir = args.out_dir
+    claim_out_dir(out_dir, RUN_OUTPUTS, args.overwrite)  # before any work: never two runs in one folder
     out_dir.mkdir(parents=True, exist_ok=True)
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"  # carried by every file of the run
 
     base = load_base(args, load_base_model, device)
     model, source = base.model, base.description
@@ -194,6 +233,13 @@ def main(argv: list[str] | None = None) -> int:
         train, val, test = train[: args.limit], val[: args.limit], test[: args.limit]
     set_seed(args.seed)
     datasets = [InstructionDataset(split, tokenizer, max_length=max_length) for split in (train, val, test)]
+    prompt_lens = [n for ds in datasets[:2] for _, n in ds.encoded]
+    if args.mask_prompt and max(prompt_lens) >= max_length:  # no response token left: a NaN loss
+        cut = sum(n >= max_length for n in prompt_lens)
+        raise SystemExit(
+            f"error: --max-length {max_length} cuts {cut} prompt(s) before their response (longest prompt "
+            f"{max(prompt_lens)} tokens): with --mask-prompt they leave no target; raise --max-length"
+        )
     train_loader = create_instruction_loader(
         datasets[0],
         args.batch_size,
@@ -215,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.base_responses and not args.no_responses:
         base = generate_responses(model, tokenizer, test, args.max_new_tokens, progress=True)
+        base = [{**entry, "run_id": run_id} for entry in base]  # evaluate.py checks it against train_log.json
         print("saved", save_responses(base, out_dir / "responses-base.json"))
 
     steps_per_epoch = len(train_loader)
@@ -223,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=args.weight_decay
     )
-    run_info = {"cfg": model.cfg, "source": source, "args": plain_args(args)}
+    run_info = {"cfg": model.cfg, "source": source, "args": plain_args(args), "run_id": run_id}
     bar = tqdm(total=total_steps, desc="finetuning", unit="step")
 
     evaluations = [0]  # how many evaluations the bar has shown
@@ -260,8 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         "steps": total_steps,
         **history,
         "args": run_info["args"],
+        "run_id": run_id,
     }
-    (out_dir / "train_log.json").write_text(json.dumps(log, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out_dir / "train_log.json", json.dumps(log, indent=2) + "\n")
     print(
         f"finetuned for {total_steps} steps in {minutes:.2f} minutes; last losses: "
         f"train {history['train_losses'][-1]:.3f}, validation {history['val_losses'][-1]:.3f}"
@@ -270,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.no_responses:
         results = generate_responses(model, tokenizer, test, args.max_new_tokens, progress=True)
+        results = [{**entry, "run_id": run_id} for entry in results]  # the run that wrote them
         print("saved", save_responses(results, out_dir / "responses.json"))
     return 0
 

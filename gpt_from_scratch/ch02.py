@@ -51,6 +51,10 @@ class SimpleTokenizer:
 
 
 # Source: ch02_text_data/ch02.ipynb, 2.6 Input–target pairs from a sliding window
+class CourseFileError(ValueError):
+    """A course file (checkpoint, weights, tokens) that cannot be read; the message names it and the fix."""
+
+
 class GPTDataset(Dataset):
     """Input/target windows over a tokenized text: targets are inputs shifted by one token."""
 

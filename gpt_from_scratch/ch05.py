@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Sampler, SequentialSampler
 
+from .ch02 import CourseFileError
 from .ch03 import MultiHeadAttention
 from .ch04 import (
     GPT2_PRESETS,
@@ -183,6 +184,33 @@ def generate(
 
 
 # Source: ch05_pretraining/ch05.ipynb, 5.4 Saving, loading and resuming
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Write ``path`` whole or not at all: ``write(tmp)`` fills a file beside it, then fsync and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: the rename stays atomic
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, Ctrl-C, ...: the previous file stays as it was
+        tmp.unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` with ``atomic_write``; return the path."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
 def save_checkpoint(
     path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, **extra
 ) -> None:
@@ -194,9 +222,23 @@ def save_checkpoint(
         "optimizer_state_dict": None if optimizer is None else optimizer.state_dict(),
         "extra": extra,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # a crash while saving never leaves a half-written checkpoint
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))  # never a half-written checkpoint
+
+
+def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """The dict of a ``save_checkpoint`` file (tensors only), or a ``CourseFileError`` naming the file."""
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        if not {"model_state_dict", "extra"} <= set(checkpoint):
+            raise KeyError("model_state_dict")
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # truncated, random bytes, or not a course checkpoint
+        raise CourseFileError(
+            f"{path} is not a readable checkpoint ({type(exc).__name__}); "
+            "delete it and re-run the command that wrote it"
+        ) from None
+    return checkpoint
 
 
 def load_checkpoint(
@@ -206,11 +248,17 @@ def load_checkpoint(
     map_location="cpu",
 ) -> dict:
     """Load a checkpoint from ``save_checkpoint`` into ``model`` (and ``optimizer``); return the extras."""
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    model.load_state_dict(checkpoint["model_state_dict"])
+    checkpoint = read_checkpoint(path, map_location)
+    try:
+        model.load_state_dict(checkpoint["model_state_dict"])
+    except RuntimeError:  # missing names or other shapes
+        raise CourseFileError(
+            f"{path} holds a model of another size or kind than the one asked for; pass the model "
+            "settings it was trained with, or delete it and re-run the command that wrote it"
+        ) from None
     if optimizer is not None:
         if checkpoint["optimizer_state_dict"] is None:
-            raise ValueError(f"{path} holds no optimizer state; load it without an optimizer")
+            raise CourseFileError(f"{path} holds no optimizer state; load it without an optimizer")
         optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
     return dict(checkpoint["extra"])
 
@@ -483,7 +531,7 @@ def write_openai_tf_checkpoint(model: nn.Module, out_dir: str | os.PathLike) -> 
             sess.run(fill, feed_dict={feeds[name]: value for name, value in variables.items()})
             saver.save(sess, str(out / "model.ckpt"), write_meta_graph=True, write_state=True)
     hparams = {theirs: model.cfg[ours] for theirs, ours in HPARAMS_TO_CONFIG.items()}
-    (out / "hparams.json").write_text(json.dumps(hparams, indent=2), encoding="utf-8")
+    atomic_write_text(out / "hparams.json", json.dumps(hparams, indent=2))
     return out
 
 
@@ -505,22 +553,29 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"missing safetensors file {path}")
     tensors = {}
+    fix = "delete it and download or write it again"
+    size = path.stat().st_size
     with open(path, "rb") as fh:
         header_len = int.from_bytes(fh.read(8), "little")  # the format: header length, JSON header, data
-        header = json.loads(fh.read(header_len))
-        header.pop("__metadata__", None)
+        if size < 8 or header_len > size - 8:
+            raise CourseFileError(f"{path} is not a safetensors file (truncated or corrupt header); {fix}")
+        try:
+            header = json.loads(fh.read(header_len))
+            header.pop("__metadata__", None)
+        except (ValueError, AttributeError, TypeError):  # not JSON, or JSON but not an object
+            raise CourseFileError(f"{path} is not a safetensors file (unreadable header); {fix}") from None
         for name, info in header.items():
             if info["dtype"] not in SAFETENSORS_DTYPES:
-                raise ValueError(
+                raise CourseFileError(
                     f"{path}: tensor {name} has dtype {info['dtype']}, not one of {list(SAFETENSORS_DTYPES)}"
                 )
             begin, end = info["data_offsets"]
             tensor = torch.empty(info["shape"], dtype=SAFETENSORS_DTYPES[info["dtype"]])
             if end - begin != tensor.numel() * tensor.element_size():
-                raise ValueError(f"{path}: tensor {name} has the wrong number of bytes for its shape")
+                raise CourseFileError(f"{path}: tensor {name} has the wrong number of bytes; {fix}")
             fh.seek(8 + header_len + begin)
             if fh.readinto(tensor.view(-1).view(torch.uint8).numpy()) != end - begin:  # little-endian bytes
-                raise ValueError(f"{path} is truncated: tensor {name} is incomplete")
+                raise CourseFileError(f"{path} is truncated: tensor {name} is incomplete; {fix}")
             tensors[name] = tensor
     return tensors
 
@@ -544,10 +599,7 @@ def write_hf_safetensors(
         for i in range(n_layers):
             tensors[f"{prefix}h.{i}.attn.bias"] = mask.clone()
             tensors[f"{prefix}h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"format": "pt"})
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
 
 
 # Source: ch05_pretraining/ch05.ipynb, 5.5.6 Loading the real GPT-2 and generating text
@@ -862,30 +914,37 @@ def write_token_file(books: dict[str, str], tokenizer, path: str | os.PathLike) 
     path = Path(path)
     if tokenizer.n_vocab > np.iinfo(np.uint16).max + 1:
         raise ValueError(f"a vocabulary of {tokenizer.n_vocab} tokens does not fit in uint16")
-    path.parent.mkdir(parents=True, exist_ok=True)
     counts = {}
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        for name, text in books.items():
-            ids = tokenizer.encode(text + END_OF_TEXT, allowed_special={END_OF_TEXT})
-            np.asarray(ids, dtype=np.uint16).tofile(fh)
-            counts[name] = len(ids)
-    os.replace(tmp, path)  # the file appears whole or not at all
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            for name, text in books.items():
+                ids = tokenizer.encode(text + END_OF_TEXT, allowed_special={END_OF_TEXT})
+                np.asarray(ids, dtype=np.uint16).tofile(fh)
+                counts[name] = len(ids)
+
+    atomic_write(path, write)  # the file appears whole or not at all
     meta = {"dtype": "uint16", "books": [{"name": n, "tokens": c} for n, c in counts.items()]}
-    Path(f"{path}.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    atomic_write_text(f"{path}.json", json.dumps(meta, indent=1))
     return counts
 
 
 def read_token_file(path: str | os.PathLike) -> tuple[np.memmap, dict[str, tuple[int, int]]]:
     """The token IDs of a ``write_token_file`` file (memory-mapped, not read), and each book's span."""
-    meta = json.loads(Path(f"{path}").with_name(Path(path).name + ".json").read_text(encoding="utf-8"))
-    tokens = np.memmap(path, dtype=np.uint16, mode="r")  # (n_tokens,) read from disk on demand
+    fix = "delete it and its .json, then re-run the notebook or script that tokenized the books"
+    try:
+        meta = json.loads(Path(f"{path}.json").read_text(encoding="utf-8"))
+        tokens = np.memmap(path, dtype=np.uint16, mode="r")  # (n_tokens,) read from disk on demand
+    except FileNotFoundError:
+        raise
+    except ValueError:  # a truncated .json, or an empty token file (memmap refuses 0 bytes)
+        raise CourseFileError(f"{path} (or its .json) is empty or truncated; {fix}") from None
     spans, start = {}, 0
     for book in meta["books"]:
         spans[book["name"]] = (start, start + book["tokens"])
         start += book["tokens"]
     if start != len(tokens):
-        raise ValueError(f"{path} holds {len(tokens)} tokens, its .json lists {start}: rewrite it")
+        raise CourseFileError(f"{path} holds {len(tokens)} tokens, its .json lists {start}; {fix}")
     return tokens, spans
 
 
@@ -1061,20 +1120,15 @@ def save_base_model(
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     state = {name: t.detach().cpu().clone() for name, t in model.state_dict().items()}
     if dtype is not None:  # e.g. torch.bfloat16: half the bytes; loading casts back to the model's dtype
         state = {name: t.to(dtype) if t.is_floating_point() else t for name, t in state.items()}
     config = {"model": dict(model.cfg), "tokenizer": "gpt2", **facts}
     if dtype is not None:
         config["dtype"] = str(dtype).removeprefix("torch.")
-    for name, content in ((BASE_MODEL_WEIGHTS, None), (BASE_MODEL_CONFIG, json.dumps(config, indent=1))):
-        tmp = folder / (name + ".tmp")
-        if content is None:
-            save_file(state, str(tmp), metadata={"format": "pt"})
-        else:
-            tmp.write_text(content + "\n", encoding="utf-8")
-        os.replace(tmp, folder / name)  # each file appears whole or not at all
+    weights_file = folder / BASE_MODEL_WEIGHTS  # each file appears whole or not at all
+    atomic_write(weights_file, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    atomic_write_text(folder / BASE_MODEL_CONFIG, json.dumps(config, indent=1) + "\n")
     return folder
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .ch04 import GPTModel
-from .ch05 import save_checkpoint
+from .ch05 import read_checkpoint, save_checkpoint
 
 # Source: ch06_classification/ch06.ipynb, 6.2 Preparing the data
 SPAM_LABELS = ("ham", "spam")  # class 0 and class 1
@@ -31,7 +31,7 @@ def read_sms_spam(path: str | os.PathLike) -> pd.DataFrame:
             raw = zf.read("SMSSpamCollection")
     else:
         raw = path.read_bytes()
-    lines = raw.decode("utf-8").split("\n")
+    lines = raw.decode("utf-8").replace("\r\n", "\n").split("\n")  # Windows line ends too
     if lines[-1] == "":
         lines.pop()  # the newline that ends the last line
     rows = []
@@ -44,6 +44,8 @@ def read_sms_spam(path: str | os.PathLike) -> pd.DataFrame:
         if not text.strip():
             raise ValueError(f"line {number}: the {label} message is empty")
         rows.append((label, text))
+    if not rows:
+        raise ValueError(f"{path} holds no messages: expected lines of 'label<TAB>message'")
     return pd.DataFrame(rows, columns=["Label", "Text"])
 
 
@@ -51,6 +53,8 @@ def read_sms_spam(path: str | os.PathLike) -> pd.DataFrame:
 def balance_classes(df: pd.DataFrame, seed: int = 123, n_per_class: int | None = None) -> pd.DataFrame:
     """Undersample: ``n_per_class`` random rows of every label (default: as many as the rarest label has)."""
     counts = df["Label"].value_counts()
+    if len(counts) < 2:
+        raise ValueError(f"balancing needs at least two labels; the table has {dict(counts) or 'no rows'}")
     n = int(counts.min()) if n_per_class is None else n_per_class
     if not 0 < n <= counts.min():
         raise ValueError(f"n_per_class must be in 1..{counts.min()} (the rarest label's count), got {n}")
@@ -329,7 +333,7 @@ def load_classifier(
     path: str | os.PathLike, labels: tuple[str, ...] = SPAM_LABELS, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict]:
     """A classifier from ``save_classifier`` (eval mode) and its extras; its classes must match ``labels``."""
-    checkpoint = torch.load(path, map_location=device, weights_only=True)
+    checkpoint = read_checkpoint(path, device)  # a CourseFileError names an unreadable file
     extra, state = checkpoint["extra"], checkpoint["model_state_dict"]
     num_classes = state["out_head.weight"].shape[0]  # (num_classes, emb_dim)
     if num_classes != len(labels) or ("labels" in extra and tuple(extra["labels"]) != tuple(labels)):

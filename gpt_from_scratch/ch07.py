@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .ch05 import generate_text_fast, text_to_token_ids
+from .ch05 import atomic_write_text, generate_text_fast, text_to_token_ids
 
 # Source: ch07_instruction/ch07.ipynb, 7.2 The dataset
 INSTRUCTION_KEYS = ("instruction", "input", "output")
@@ -133,8 +133,9 @@ class InstructionDataset(Dataset):
         self.entries, self.max_length = entries, max_length
         self.encoded = []
         for entry in entries:
-            prompt_ids = tokenizer.encode(format_instruction_prompt(entry))
-            response_ids = tokenizer.encode(entry["output"])
+            # "<|endoftext|>" written in an entry is plain text, as in chapter 6's SpamDataset
+            prompt_ids = tokenizer.encode_ordinary(format_instruction_prompt(entry))
+            response_ids = tokenizer.encode_ordinary(entry["output"])
             self.encoded.append((prompt_ids + response_ids, len(prompt_ids)))
         # an example with n tokens gives n inputs; longer than max_length means cut by the collate function
         self.truncated = [
@@ -169,7 +170,12 @@ def create_instruction_loader(
 # Source: ch07_instruction/ch07.ipynb, 7.7 Extracting and saving responses
 def extract_response(ids, prompt_len: int, tokenizer, eos_id: int = 50256) -> str:
     """The text after the first ``prompt_len`` tokens, up to (without) the first ``eos_id``; stripped."""
-    ids = ids.reshape(-1).tolist() if isinstance(ids, torch.Tensor) else list(ids)  # (1, T) or (T,) -> list
+    if isinstance(ids, torch.Tensor):
+        if ids.dim() > 2 or (ids.dim() == 2 and ids.shape[0] != 1):
+            raise ValueError(f"extract_response takes one sequence, (T,) or (1, T); got {tuple(ids.shape)}")
+        ids = ids.reshape(-1).tolist()  # (1, T) or (T,) -> list
+    else:
+        ids = list(ids)
     new = ids[prompt_len:]
     if eos_id in new:
         new = new[: new.index(eos_id)]
@@ -208,10 +214,7 @@ def generate_responses(
 
 def save_responses(entries: list[dict], path: str | os.PathLike) -> Path:
     """Write entries with their responses as indented UTF-8 JSON; return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(entries, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
+    return atomic_write_text(path, json.dumps(entries, indent=2, ensure_ascii=False) + "\n")
 
 
 # Source: ch07_instruction/ch07.ipynb, 7.8.1 Offline metrics (always available)

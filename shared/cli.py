@@ -8,7 +8,9 @@ flags it needs; each has one name, one meaning and one help text in every script
 * ``--threads``: PyTorch's CPU threads;
 * ``--out-dir``: the folder the script writes into, by default under ``checkpoints/`` (``checkpoint_dir``);
 * ``--weights auto|gpt2|books``, ``--size``, ``--books-dir``: the base model of ``load_base_model``;
-* ``--quick``: quick mode for this run, as ``COURSE_QUICK=1``.
+* ``--quick``: quick mode for this run, as ``COURSE_QUICK=1``;
+* ``--debug`` (every script): Python's traceback for the errors ``script_main`` otherwise prints as
+  one line (unreadable course files, failed downloads, Ctrl-C).
 
 Default folders go through ``shared.runtime.checkpoint_dir`` once the arguments are parsed (so
 ``--quick`` and ``COURSE_CHECKPOINT_DIR`` count): ``args.out_dir`` and ``args.books_dir`` are
@@ -19,8 +21,10 @@ Default folders go through ``shared.runtime.checkpoint_dir`` once the arguments 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -56,6 +60,10 @@ class ScriptParser(argparse.ArgumentParser):
         """As ``argparse.ArgumentParser``; ``default_dirs`` maps a folder's destination to its default."""
         super().__init__(*args, **kwargs)
         self.default_dirs: dict[str, DirDefault | None] = {}
+
+    def error(self, message: str) -> None:
+        """A bad argument: one line naming the flag, the value and what it accepts (exit code 2)."""
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the flags)\n")
 
     def parse_known_args(
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
@@ -120,7 +128,48 @@ def script_parser(
         add_base_model(parser, size=base_model)
     if quick is not None:
         add_quick(parser, quick)
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show Python's traceback for errors otherwise printed as one line",
+    )
     return parser
+
+
+def script_main(*errors: type[BaseException]) -> Callable[[Callable], Callable]:
+    """Decorate a script's ``main(argv)``: ``errors``, failed downloads and Ctrl-C printed as one message.
+
+    ``errors`` are the script's expected failures (``CourseFileError`` for an unreadable course file;
+    ``shared`` imports no lesson code, so the script passes it). The message goes to stderr without
+    a traceback (exit code 1, 130 for Ctrl-C); with ``--debug`` the exception propagates.
+    """
+    from shared.data import DownloadError
+
+    known = (*errors, DownloadError)
+
+    def decorate(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+        """``main`` wrapped."""
+
+        @functools.wraps(main)
+        def run(argv: list[str] | None = None) -> int:
+            """``main(argv)``, its known failures printed as one message."""
+            debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+            try:
+                return main(argv)
+            except KeyboardInterrupt:
+                if debug:
+                    raise
+                print("interrupted (Ctrl-C); files already written are complete", file=sys.stderr)
+                return 130
+            except known as err:
+                if debug:
+                    raise
+                print(f"error: {err} (--debug shows the traceback)", file=sys.stderr)
+                return 1
+
+        return run
+
+    return decorate
 
 
 def device_name(value: str) -> str:
@@ -147,12 +196,40 @@ def add_seed(parser: argparse.ArgumentParser, default: int = 123, detail: str = 
     parser.add_argument("--seed", type=int, default=default, help=f"{text}{detail}")
 
 
-def positive_int(value: str) -> int:
-    """An argparse type: an integer of at least 1."""
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer of at least 1, got {value}")
-    return number
+def number_type(
+    kind: type, low: float | None = None, high: float | None = None, *, open_low=False, open_high=False
+) -> Callable[[str], int | float]:
+    """An argparse type: an ``int`` or ``float`` in a range; a bad value names the range it accepts."""
+    name = "an integer" if kind is int else "a number"
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if open_low else '>='} {low:g}")
+    if high is not None:
+        bounds.append(f"{'<' if open_high else '<='} {high:g}")
+    wanted = f"{name} {' and '.join(bounds)}".strip()
+
+    def check(value: str) -> int | float:
+        """``value`` as ``kind``, or an ``ArgumentTypeError`` naming the accepted range."""
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {value!r}") from None
+        too_low = low is not None and (number <= low if open_low else number < low)
+        too_high = high is not None and (number >= high if open_high else number > high)
+        if too_low or too_high or (kind is float and number != number):  # NaN is in no range
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {value}")
+        return number
+
+    check.__name__ = f"{kind.__name__}_in_range"
+    return check
+
+
+positive_int = number_type(int, 1)  # 1, 2, ...: counts, sizes, steps
+nonneg_int = number_type(int, 0)  # 0, 1, ...: retries, warmup steps, 0 meaning "off"
+positive_float = number_type(float, 0, open_low=True)  # > 0: learning rates, seconds, scales
+nonneg_float = number_type(float, 0)  # >= 0: weight decay, temperature
+open_fraction = number_type(float, 0, 1, open_low=True, open_high=True)  # (0, 1): shares of the data
+dropout_rate = number_type(float, 0, 1, open_high=True)  # [0, 1)
 
 
 def add_threads(parser: argparse.ArgumentParser) -> None:
@@ -220,6 +297,34 @@ def add_quick(parser: argparse.ArgumentParser, what: str) -> None:
         action="store_true",
         help=f"quick mode, as COURSE_QUICK=1: {what}; default folders get -quick",
     )
+
+
+def add_overwrite(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite``: replace the run already in ``--out-dir`` (its outputs are removed first)."""
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out-dir (removes its files first)",
+    )
+
+
+def claim_out_dir(folder: Path, outputs: Sequence[str], overwrite: bool, other: str = "") -> None:
+    """Refuse a folder holding a run's ``outputs`` (glob patterns) unless ``overwrite``; then remove them.
+
+    A new run never mixes its files with an old run's (epoch-1.pth of one, responses.json of another).
+    ``other`` names another way out, e.g. ``", or --resume to continue it"``.
+    """
+    found = sorted({p.name for pattern in outputs for p in Path(folder).glob(pattern) if p.is_file()})
+    if not found:
+        return
+    if not overwrite:
+        shown = ", ".join(found[:4]) + (" ..." if len(found) > 4 else "")
+        raise SystemExit(
+            f"error: {folder} already holds a run ({shown}); pass --overwrite to replace it{other}, "
+            "or choose another --out-dir"
+        )
+    for name in found:
+        (Path(folder) / name).unlink()
 
 
 def base_weights(args: argparse.Namespace) -> str | None:

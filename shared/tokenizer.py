@@ -2,12 +2,17 @@
 
 tiktoken downloads GPT-2's ``encoder.json`` and ``vocab.bpe`` the first time it is
 asked for the ``gpt2`` encoding. Without a network, this module builds the very same
-encoding from the course's registered copies of those files (cache or mirror).
+encoding from the course's registered copies of those files (cache or mirror). tiktoken's
+download has no time limit of its own (behind a proxy that never answers it would wait forever):
+``get_gpt2_tokenizer`` waits at most ``TIKTOKEN_TIMEOUT_S`` seconds for it, then says so on stderr
+and uses the course's copies.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
+import threading
 
 import tiktoken
 import tiktoken.load
@@ -17,6 +22,7 @@ from shared.data import fetch
 
 END_OF_TEXT = "<|endoftext|>"
 END_OF_TEXT_ID = 50256
+TIKTOKEN_TIMEOUT_S = 20.0  # the longest wait for tiktoken's download before the course's copies
 
 
 def gpt2_encoding_from_files() -> tiktoken.Encoding:
@@ -41,9 +47,28 @@ def get_gpt2_tokenizer(source: str = "auto") -> tiktoken.Encoding:
         raise ValueError(f"source must be 'auto', 'tiktoken' or 'files', not {source!r}")
     if source == "files":
         return gpt2_encoding_from_files()
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except Exception:  # no network and no tiktoken cache: any error means "could not download"
-        if source == "tiktoken":
-            raise
-        return gpt2_encoding_from_files()
+    result: dict[str, object] = {}
+
+    def load() -> None:
+        """tiktoken's encoding (its cache, else a download), or the error it raised."""
+        try:
+            result["encoding"] = tiktoken.get_encoding("gpt2")
+        except Exception as exc:  # no network and no tiktoken cache: "could not download"
+            result["error"] = exc
+
+    worker = threading.Thread(target=load, name="tiktoken-gpt2", daemon=True)  # a hung download stays behind
+    worker.start()
+    worker.join(TIKTOKEN_TIMEOUT_S)
+    if "encoding" in result:
+        return result["encoding"]
+    if worker.is_alive():
+        error = TimeoutError(
+            f"tiktoken's download of GPT-2's files did not finish in {TIKTOKEN_TIMEOUT_S:g} s"
+        )
+        if source != "tiktoken":
+            print(f"{error}; using the course's copies of encoder.json and vocab.bpe", file=sys.stderr)
+    else:
+        error = result["error"]
+    if source == "tiktoken":
+        raise error
+    return gpt2_encoding_from_files()

@@ -122,7 +122,7 @@ def test_read_token_file_notices_a_changed_file(tmp_path, gpt2_tokenizer):
     write_token_file({"a": "one two three"}, gpt2_tokenizer, path)
     with open(path, "ab") as fh:
         fh.write(b"\x00\x00")
-    with pytest.raises(ValueError, match="rewrite"):
+    with pytest.raises(ValueError, match="delete it and its .json"):
         read_token_file(path)
 
 

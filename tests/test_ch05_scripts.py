@@ -159,4 +159,33 @@ def test_default_folders_go_through_checkpoint_dir(script_module, monkeypatch, t
 
 
 def test_train_py_stays_short():
-    assert len(TRAIN.read_text().splitlines()) < 450
+    assert (
+        len(TRAIN.read_text().splitlines()) < 490
+    )  # 450 before issue 21 (argument types, --overwrite, what can go wrong)
+
+
+def test_resume_refuses_flags_it_would_ignore(tmp_path, run_script, tiny_cfg):
+    from gpt_from_scratch.ch04 import GPTModel
+    from gpt_from_scratch.ch05 import save_checkpoint
+
+    saved = {"data": "text", "lr": 0.0004, "steps": 10, "batch_size": 2, "model": "tiny"}
+    save_checkpoint(tmp_path / "last.pth", GPTModel(tiny_cfg()), None, args=saved)
+    done = run_script(TRAIN, "--resume", "--lr", "0.5", "--out-dir", str(tmp_path), check=False)
+    assert done.code == 1 and "--lr 0.5 (the run's: 0.0004)" in done.err
+    assert len(done.err.strip().splitlines()) == 1
+
+
+def test_a_new_run_refuses_a_folder_with_a_run(tmp_path, run_script):
+    """Issue 21: epoch files of two runs never mix; --resume continues, --overwrite replaces."""
+    (tmp_path / "last.pth").write_bytes(b"old")
+    done = run_script(TRAIN, "--out-dir", str(tmp_path), check=False)
+    assert done.code == 1 and "--overwrite" in done.err and "--resume" in done.err
+    assert (tmp_path / "last.pth").read_bytes() == b"old"
+
+
+def test_n_heads_that_do_not_divide_the_width_are_refused(tmp_path, run_script):
+    done = run_script(
+        TRAIN, "--model", "tiny", "--n-heads", "3", "--out-dir", str(tmp_path / "r"), check=False
+    )
+    assert done.code == 1 and "--n-heads 3 must divide the width (--emb-dim 64)" in done.err
+    assert not (tmp_path / "r").exists()

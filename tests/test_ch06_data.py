@@ -139,3 +139,21 @@ def test_dataset_rejects_bad_rows(texts, labels, message):
 
 def test_labels_order():
     assert SPAM_LABELS == ("ham", "spam")
+
+
+def test_read_handles_windows_line_ends(tmp_path):
+    """Issue 21: a CRLF file gives the same messages, without a trailing carriage return."""
+    path = tmp_path / "crlf"
+    path.write_bytes(b"ham\tsee you\r\nspam\tWIN now\r\n")
+    df = read_sms_spam(path)
+    assert df["Text"].tolist() == ["see you", "WIN now"] and df["Label"].tolist() == ["ham", "spam"]
+
+
+def test_an_empty_file_and_a_single_label_are_refused_in_one_line(tmp_path):
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="holds no messages"):
+        read_sms_spam(empty)
+    with pytest.raises(ValueError, match="at least two labels") as info:
+        balance_classes(toy_frame(5, 0))
+    assert "\n" not in str(info.value)

@@ -84,6 +84,14 @@ def test_help_shows_the_examples(run_script):
     assert "--lora" in out and "--out-dir" in out
 
 
+def test_finetune_refuses_a_folder_with_another_run(tmp_path, run_script):
+    """Issue 21: re-running into a folder with a classifier needs --overwrite."""
+    (tmp_path / "classifier.pth").write_bytes(b"old")
+    done = run_script(FINETUNE, "--out-dir", str(tmp_path), "--device", "cpu", check=False)
+    assert done.code == 1 and "--overwrite" in done.err and "classifier.pth" in done.err
+    assert (tmp_path / "classifier.pth").read_bytes() == b"old"
+
+
 def test_the_default_epochs_follow_the_chapter(script_module):
     script = script_module(FINETUNE)
     assert script.chapter_epochs("gpt2") == 5  # the book's recipe

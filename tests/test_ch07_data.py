@@ -280,3 +280,17 @@ def test_generate_and_save_responses(gpt2_tokenizer, tmp_path):
     path = save_responses(results, tmp_path / "out" / "responses.json")
     keys = ("instruction", "input", "output", "model_response")
     assert load_instruction_data(path, required=keys) == results
+
+
+def test_extract_response_refuses_a_batch(gpt2_tokenizer):
+    """Issue 21: two rows were merged into one string; now one sequence at a time."""
+    with pytest.raises(ValueError, match=r"one sequence.*\(2, 3\)"):
+        extract_response(torch.tensor([[1, 2, 3], [4, 5, 6]]), 1, gpt2_tokenizer)
+
+
+def test_end_of_text_in_an_entry_is_plain_text_as_in_chapter_6(gpt2_tokenizer):
+    """Issue 21: InstructionDataset, like SpamDataset, reads a written <|endoftext|> as plain text."""
+    entry = {"instruction": "Repeat: <|endoftext|>", "input": "", "output": "<|endoftext|>"}
+    ids, prompt_len = InstructionDataset([entry], gpt2_tokenizer)[0]
+    assert EOT not in ids
+    assert gpt2_tokenizer.decode(ids[prompt_len:]) == "<|endoftext|>"

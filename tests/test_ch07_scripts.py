@@ -234,3 +234,56 @@ def test_help_shows_the_examples(script, run_script):
     assert (
         f"    python ch07_instruction/{script.name} " in out
     )  # the docstring's examples, indented as written
+
+
+def test_finetune_refuses_a_folder_with_another_run(tmp_path, run_script):
+    """Issue 21: an old responses.json never stays beside a new model.pth."""
+    out = tmp_path / "x"
+    out.mkdir()
+    (out / "responses.json").write_text("[]\n")
+    data = ["--data", str(tiny_data(tmp_path / "d.json")), "--out-dir", str(out)]
+    nothing = ["--weights", "books", "--books-dir", str(tmp_path / "nothing"), "--device", "cpu"]
+    done = run_script(FINETUNE, *data, *nothing, check=False)
+    assert done.code == 1 and "--overwrite" in done.err and "responses.json" in done.err
+    assert len(done.err.strip().splitlines()) == 1
+    done = run_script(FINETUNE, *data, *nothing, "--overwrite", check=False)
+    assert "no base model" in done.err and not (out / "responses.json").exists()  # removed before the work
+
+
+def test_evaluate_refuses_responses_of_another_run(tmp_path, run_script):
+    """Issue 21: a finetune killed while generating left the old responses.json beside a new model."""
+    entries = [
+        {"instruction": "Say hi.", "input": "", "output": "hi", "model_response": "hi", "run_id": "old"}
+    ]
+    responses = tmp_path / "responses.json"
+    responses.write_text(json.dumps(entries), encoding="utf-8")
+    (tmp_path / "train_log.json").write_text(json.dumps({"run_id": "new"}), encoding="utf-8")
+    code, _, err = evaluate(run_script, str(responses), "--no-judge")
+    assert code == 1 and "stale" in err and "--allow-mixed-runs" in err
+    assert not (tmp_path / "report.md").exists()
+    code, _, err = evaluate(run_script, str(responses), "--no-judge", "--allow-mixed-runs")
+    assert code == 0 and "WARNING" in err and (tmp_path / "report.md").is_file()
+    (tmp_path / "train_log.json").write_text(json.dumps({"run_id": "old"}), encoding="utf-8")
+    code, _, err = evaluate(run_script, str(responses), "--no-judge")
+    assert code == 0 and "WARNING" not in err
+
+
+def test_a_finetune_run_id_is_carried_by_its_files(finetuned):
+    out = finetuned[0]
+    run_id = json.loads((out / "train_log.json").read_text())["run_id"]
+    for name in ("responses.json", "responses-base.json"):
+        assert {e["run_id"] for e in json.loads((out / name).read_text())} == {run_id}
+    assert load_checkpoint(out / "model.pth", GPTModel(TINY))["run_id"] == run_id
+
+
+def test_mask_prompt_with_a_max_length_shorter_than_the_prompts_is_refused(
+    tmp_path, run_script, books_folder
+):
+    """Issue 21: --mask-prompt --max-length 20 trained on NaN losses and exited 0."""
+    books_folder(tmp_path / "books", TINY)
+    data = str(tiny_data(tmp_path / "d.json"))
+    args = ["--data", data, "--mask-prompt", "--max-length", "20", "--weights", "books"]
+    args += ["--books-dir", str(tmp_path / "books"), "--out-dir", str(tmp_path / "x"), "--device", "cpu"]
+    done = run_script(FINETUNE, *args, check=False)
+    assert done.code == 1 and "--max-length 20 cuts" in done.err
+    assert not (tmp_path / "x" / "model.pth").exists()

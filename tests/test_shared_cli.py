@@ -73,15 +73,16 @@ def test_every_common_flag_has_help():
         "--size",
         "--books-dir",
         "--quick",
+        "--debug",
     }
     assert names == expected
     assert all(a.help and len(a.help) > 20 for a in flag_actions(parser))
 
 
 def test_flags_only_on_request():
-    assert flag_actions(script_parser(DOC)) == []
+    assert [a.dest for a in flag_actions(script_parser(DOC))] == ["debug"]  # every script has --debug
     parser = script_parser(DOC, device=True)
-    assert [a.dest for a in flag_actions(parser)] == ["device"]
+    assert [a.dest for a in flag_actions(parser)] == ["device", "debug"]
 
 
 def test_default_folders_go_through_checkpoint_dir(checkpoints):
@@ -269,6 +270,121 @@ def test_common_flags_have_one_name_and_one_meaning(script, script_module):
             assert flags[name].help.startswith(start), name
     if "--weights" in flags:
         assert flags["--weights"].default == "auto" and tuple(flags["--weights"].choices) == WEIGHTS_CHOICES
+
+
+# Issue 21: unreadable course files, failed downloads and Ctrl-C as one message; --debug for tracebacks
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_script_has_debug(script, run_script):
+    assert "--debug" in run_script(script, "--help").out
+
+
+def damaged_checkpoint(folder: Path, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_bytes(b"PK\x03\x04 not a whole checkpoint")
+    return path
+
+
+def assert_one_line(err: str, path: Path) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0], err
+    assert "Traceback" not in err and "weights_only" not in err
+
+
+def test_scripts_name_a_damaged_checkpoint_in_one_line(tmp_path, run_script):
+    path = damaged_checkpoint(tmp_path / "gen", "last.pth")
+    done = run_script(REPO_ROOT / "ch05_pretraining/generate.py", "--checkpoint", str(path), check=False)
+    assert done.code == 1
+    assert_one_line(done.err, path)
+    path = damaged_checkpoint(tmp_path / "cls", "classifier.pth")
+    done = run_script(
+        REPO_ROOT / "ch06_classification/finetune.py",
+        "--classify",
+        "hi",
+        "--out-dir",
+        str(path.parent),
+        check=False,
+    )
+    assert done.code == 1
+    assert_one_line(done.err, path)
+    path = damaged_checkpoint(tmp_path / "run", "last.pth")
+    done = run_script(
+        REPO_ROOT / "ch05_pretraining/train.py", "--resume", "--out-dir", str(path.parent), check=False
+    )
+    assert done.code == 1
+    assert_one_line(done.err, path)
+
+
+def test_debug_shows_the_traceback(tmp_path, run_script):
+    from gpt_from_scratch.ch05 import CourseFileError
+
+    path = damaged_checkpoint(tmp_path, "last.pth")
+    with pytest.raises(CourseFileError):
+        run_script(
+            REPO_ROOT / "ch05_pretraining/generate.py", "--checkpoint", str(path), "--debug", check=False
+        )
+
+
+def test_ctrl_c_is_one_line(monkeypatch, run_script, script_module):
+    module = script_module(REPO_ROOT / "ch05_pretraining/generate.py")
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "parse_args", interrupted)
+    done = run_script(REPO_ROOT / "ch05_pretraining/generate.py", "--prompt", "x", check=False)
+    assert done.code == 130 and len(done.err.strip().splitlines()) == 1 and "Ctrl-C" in done.err
+
+
+BAD_VALUES = [  # issue 21: each refused before any work, in one line naming the flag, value and range
+    ("ch05_pretraining/train.py", "--epochs", "0"),
+    ("ch05_pretraining/train.py", "--steps", "0"),
+    ("ch05_pretraining/train.py", "--batch-size", "0"),
+    ("ch05_pretraining/train.py", "--save-every", "0"),
+    ("ch05_pretraining/train.py", "--eval-freq", "0"),
+    ("ch05_pretraining/train.py", "--context-length", "0"),
+    ("ch05_pretraining/train.py", "--val-ratio", "1"),
+    ("ch05_pretraining/train.py", "--val-ratio", "0"),
+    ("ch05_pretraining/train.py", "--lr", "-1"),
+    ("ch05_pretraining/train.py", "--drop-rate", "1"),
+    ("ch05_pretraining/generate.py", "--max-new-tokens", "-1"),
+    ("ch05_pretraining/generate.py", "--temperature", "-0.5"),
+    ("ch05_pretraining/generate.py", "--top-k", "0"),
+    ("ch06_classification/finetune.py", "--epochs", "0"),
+    ("ch06_classification/finetune.py", "--batch-size", "0"),
+    ("ch07_instruction/finetune.py", "--epochs", "0"),
+    ("ch07_instruction/finetune.py", "--max-new-tokens", "-1"),
+    ("ch07_instruction/finetune.py", "--max-length", "0"),
+    ("ch07_instruction/finetune.py", "--limit", "-1"),
+    ("ch07_instruction/finetune.py", "--lr", "nan"),
+    ("ch07_instruction/evaluate.py", "--retries", "-1"),
+    ("ch07_instruction/evaluate.py", "--timeout", "0"),
+]
+
+
+@pytest.mark.parametrize(("script", "flag", "value"), BAD_VALUES)
+def test_bad_values_are_refused_in_one_line(script, flag, value, run_script, tmp_path):
+    done = run_script(REPO_ROOT / script, f"{flag}={value}", "--out-dir", str(tmp_path / "o"), check=False)
+    assert done.code == 2
+    lines = done.err.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0] and value in lines[0] and "expected" in lines[0], done.err
+    assert not (tmp_path / "o").exists()  # nothing done
+
+
+def test_number_types_name_their_range():
+    from shared.cli import dropout_rate, nonneg_int, open_fraction, positive_float
+
+    assert nonneg_int("0") == 0 and positive_float("1e-4") == 1e-4 and dropout_rate("0") == 0.0
+    with pytest.raises(argparse.ArgumentTypeError, match=r"> 0 and < 1, got 1"):
+        open_fraction("1")
+    with pytest.raises(argparse.ArgumentTypeError, match="expected an integer >= 0, got 'x'"):
+        nonneg_int("x")
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_help_says_what_can_go_wrong(script, run_script):
+    out = run_script(script, "--help").out
+    assert "What can go wrong" in out and "--debug" in out
 
 
 def test_load_base_passes_the_flags_and_ends_with_one_line(checkpoints):

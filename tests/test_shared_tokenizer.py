@@ -63,3 +63,31 @@ def test_bad_source_is_rejected():
 
     with pytest.raises(ValueError, match="source must be"):
         tok.get_gpt2_tokenizer.__wrapped__("web")
+
+
+def test_a_download_that_never_answers_falls_back_in_bounded_time(tmp_path, monkeypatch, capsys):
+    """Issue 21: behind a proxy that accepts connections and never answers, the files are used."""
+    import socket
+    import time
+
+    import tiktoken.registry
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts (the kernel does), never answers
+    proxy = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, proxy)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})  # as in a fresh process
+    monkeypatch.setattr(tok, "TIKTOKEN_TIMEOUT_S", 1.0)
+    try:
+        start = time.monotonic()
+        enc = tok.get_gpt2_tokenizer.__wrapped__("auto")
+        assert time.monotonic() - start < 10
+        _check(enc)
+        assert "did not finish in 1 s" in capsys.readouterr().err
+    finally:
+        silent.close()  # the waiting download fails now, and its thread ends
