@@ -16,14 +16,24 @@ import json
 import math
 import os
 import random
+import re
+import time
+import unicodedata
+import urllib.error
+import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 
 # Source: ch02_text_data/ch02.ipynb, 2.6 Input–target pairs from a sliding window
@@ -490,6 +500,44 @@ def save_checkpoint(
         "extra": extra,
     }
     atomic_write(path, lambda tmp: torch.save(payload, tmp))  # never a half-written checkpoint
+
+
+def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """The dict of a ``save_checkpoint`` file (tensors only), or a ``CourseFileError`` naming the file."""
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        if not {"model_state_dict", "extra"} <= set(checkpoint):
+            raise KeyError("model_state_dict")
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # truncated, random bytes, or not a course checkpoint
+        raise CourseFileError(
+            f"{path} is not a readable checkpoint ({type(exc).__name__}); "
+            "delete it and re-run the command that wrote it"
+        ) from None
+    return checkpoint
+
+
+def load_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    map_location="cpu",
+) -> dict:
+    """Load a checkpoint from ``save_checkpoint`` into ``model`` (and ``optimizer``); return the extras."""
+    checkpoint = read_checkpoint(path, map_location)
+    try:
+        model.load_state_dict(checkpoint["model_state_dict"])
+    except RuntimeError:  # missing names or other shapes
+        raise CourseFileError(
+            f"{path} holds a model of another size or kind than the one asked for; pass the model "
+            "settings it was trained with, or delete it and re-run the command that wrote it"
+        ) from None
+    if optimizer is not None:
+        if checkpoint["optimizer_state_dict"] is None:
+            raise CourseFileError(f"{path} holds no optimizer state; load it without an optimizer")
+        optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+    return dict(checkpoint["extra"])
 
 
 # Source: ch05_pretraining/ch05.ipynb, 5.5.2 Reading the checkpoint with TensorFlow
@@ -1271,6 +1319,35 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
+# Source: ch07_instruction/ch07.ipynb, 7.2 The dataset
+INSTRUCTION_KEYS = ("instruction", "input", "output")
+
+
+class InstructionDataError(ValueError):
+    """Instruction data that cannot be used as it is; the message says where and what is wrong."""
+
+
+def check_instruction_entries(
+    entries, source: str = "instruction data", required: tuple[str, ...] = INSTRUCTION_KEYS
+) -> list[dict]:
+    """Check a list of entries: objects with string values for ``required`` and a non-empty instruction."""
+    if not isinstance(entries, list):
+        raise InstructionDataError(f"{source}: expected a list of entries, got {type(entries).__name__}")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise InstructionDataError(f"{source}: entry {i} is a {type(entry).__name__}, not an object")
+        for key in required:
+            if key not in entry:
+                keys = sorted(entry)
+                raise InstructionDataError(f"{source}: entry {i} has no key {key!r} (its keys: {keys})")
+            if not isinstance(entry[key], str):
+                kind = type(entry[key]).__name__
+                raise InstructionDataError(f"{source}: entry {i}, key {key!r}: expected a string, got {kind}")
+        if "instruction" in required and not entry["instruction"].strip():
+            raise InstructionDataError(f"{source}: entry {i} has an empty instruction")
+    return entries
+
+
 # Source: ch07_instruction/ch07.ipynb, 7.2.1 The prompt format
 ALPACA_INTRO = (
     "Below is an instruction that describes a task. "
@@ -1298,3 +1375,358 @@ def split_instruction_data(
     shuffled = [entries[i] for i in order]
     n_train, n_test = int(len(entries) * train_frac), int(len(entries) * test_frac)
     return shuffled[:n_train], shuffled[n_train + n_test :], shuffled[n_train : n_train + n_test]
+
+
+# Source: ch07_instruction/ch07.ipynb, 7.3.1 The collate function, in drafts
+def instruction_collate(
+    batch: list[tuple[list[int], int]],
+    pad_token_id: int = 50256,
+    ignore_index: int = -100,
+    max_length: int | None = None,
+    mask_prompt: bool = False,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad (token IDs, prompt length) pairs to the longest + 1, shift targets by one, hide padding (-100)."""
+    if not batch:
+        raise ValueError("cannot collate an empty batch")
+    longest = max(len(ids) for ids, _ in batch) + 1  # + 1: every example gets an end-of-text token
+    inputs, targets = [], []
+    for ids, prompt_len in batch:
+        padded = torch.tensor(ids + [pad_token_id] * (longest - len(ids)))  # first pad = end-of-text
+        x, y = padded[:-1].clone(), padded[1:].clone()  # (longest - 1,) each; y[j] is the token after x[j]
+        y[len(ids) :] = ignore_index  # padding targets, all but the first end-of-text
+        if mask_prompt:
+            y[: prompt_len - 1] = ignore_index  # targets that are prompt tokens
+        if max_length is not None:
+            x, y = x[:max_length], y[:max_length]
+        inputs.append(x)
+        targets.append(y)
+    return torch.stack(inputs).to(device), torch.stack(targets).to(device)  # (b, T) each
+
+
+# Source: ch07_instruction/ch07.ipynb, 7.3.2 The dataset
+class InstructionDataset(Dataset):
+    """Instruction entries as (token IDs of prompt + response, prompt length); counts over-long ones."""
+
+    def __init__(self, entries: list[dict], tokenizer, max_length: int | None = None):
+        check_instruction_entries(entries)
+        self.entries, self.max_length = entries, max_length
+        self.encoded = []
+        for entry in entries:
+            # "<|endoftext|>" written in an entry is plain text, as in chapter 6's SpamDataset
+            prompt_ids = tokenizer.encode_ordinary(format_instruction_prompt(entry))
+            response_ids = tokenizer.encode_ordinary(entry["output"])
+            self.encoded.append((prompt_ids + response_ids, len(prompt_ids)))
+        # an example with n tokens gives n inputs; longer than max_length means cut by the collate function
+        self.truncated = [
+            i for i, (ids, _) in enumerate(self.encoded) if max_length is not None and len(ids) > max_length
+        ]
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    def __getitem__(self, index: int) -> tuple[list[int], int]:
+        return self.encoded[index]
+
+
+# Source: ch07_instruction/ch07.ipynb, 7.4 Data loaders
+def create_instruction_loader(
+    dataset: InstructionDataset,
+    batch_size: int,
+    shuffle: bool,
+    drop_last: bool = False,
+    mask_prompt: bool = False,
+    device: str | torch.device = "cpu",
+    pad_token_id: int = 50256,
+) -> DataLoader:
+    """A DataLoader of padded (inputs, targets) batches, truncated to the dataset's ``max_length``."""
+    collate = partial(
+        instruction_collate, pad_token_id=pad_token_id, max_length=dataset.max_length,
+        mask_prompt=mask_prompt, device=device,
+    )  # fmt: skip
+    return DataLoader(dataset, batch_size, shuffle=shuffle, drop_last=drop_last, collate_fn=collate)
+
+
+# Source: ch07_instruction/ch07.ipynb, 7.7 Extracting and saving responses
+def extract_response(ids, prompt_len: int, tokenizer, eos_id: int = 50256) -> str:
+    """The text after the first ``prompt_len`` tokens, up to (without) the first ``eos_id``; stripped."""
+    if isinstance(ids, torch.Tensor):
+        if ids.dim() > 2 or (ids.dim() == 2 and ids.shape[0] != 1):
+            raise ValueError(f"extract_response takes one sequence, (T,) or (1, T); got {tuple(ids.shape)}")
+        ids = ids.reshape(-1).tolist()  # (1, T) or (T,) -> list
+    else:
+        ids = list(ids)
+    new = ids[prompt_len:]
+    if eos_id in new:
+        new = new[: new.index(eos_id)]
+    return tokenizer.decode(new).strip()
+
+
+# Source: ch07_instruction/ch07.ipynb, 7.7 Extracting and saving responses
+def respond(
+    model: nn.Module, tokenizer, entry: dict | str, max_new_tokens: int = 256, eos_id: int = 50256
+) -> str:
+    """Format the prompt (a string is an instruction, no input), generate greedily, return the response."""
+    if isinstance(entry, str):
+        entry = {"instruction": entry, "input": ""}
+    device = next(model.parameters()).device
+    idx = text_to_token_ids(format_instruction_prompt(entry), tokenizer).to(device)  # (1, T)
+    model.eval()
+    out = generate_text_fast(model, idx, max_new_tokens, eos_id=eos_id)  # stops after eos_id
+    return extract_response(out[0], idx.shape[1], tokenizer, eos_id)
+
+
+# Source: ch07_instruction/ch07.ipynb, 7.7 Extracting and saving responses
+def generate_responses(
+    model: nn.Module,
+    tokenizer,
+    entries: list[dict],
+    max_new_tokens: int = 256,
+    key: str = "model_response",
+    progress: bool = False,
+) -> list[dict]:
+    """Copies of ``entries``, each with the model's response under ``key``."""
+    results = []
+    for entry in tqdm(entries, desc="responses", disable=not progress):
+        results.append({**entry, key: respond(model, tokenizer, entry, max_new_tokens)})
+    return results
+
+
+# Source: ch07_instruction/ch07.ipynb, 7.8.1 Offline metrics (always available)
+def answer_words(text: str) -> list[str]:
+    """Lower-case ``text``, drop punctuation, and split it into words: what the offline metrics compare."""
+    kept = "".join(ch for ch in text.lower() if not unicodedata.category(ch).startswith("P"))
+    return kept.split()
+
+
+def exact_match(response: str, reference: str) -> float:
+    """1.0 if the two texts have the same words (ignoring case and punctuation), else 0.0."""
+    return float(answer_words(response) == answer_words(reference))
+
+
+def _f1(overlap: int, n_response: int, n_reference: int) -> float:
+    """Harmonic mean of precision overlap/n_response and recall overlap/n_reference."""
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / n_response, overlap / n_reference
+    return 2 * precision * recall / (precision + recall)
+
+
+def token_f1(response: str, reference: str) -> float:
+    """Word-overlap F1 between response and reference (SQuAD-style; both empty gives 1.0)."""
+    resp, ref = answer_words(response), answer_words(reference)
+    if not resp or not ref:
+        return float(resp == ref)
+    overlap = sum((Counter(resp) & Counter(ref)).values())
+    return _f1(overlap, len(resp), len(ref))
+
+
+def rouge_l(response: str, reference: str) -> float:
+    """ROUGE-L F1: precision and recall of the longest common word subsequence (both empty gives 1.0)."""
+    resp, ref = answer_words(response), answer_words(reference)
+    if not resp or not ref:
+        return float(resp == ref)
+    prev = [0] * (len(ref) + 1)  # prev[j]: LCS length of the response so far and ref[:j]
+    for word in resp:
+        row = [0]
+        for j, other in enumerate(ref):
+            row.append(prev[j] + 1 if word == other else max(prev[j + 1], row[j]))
+        prev = row
+    return _f1(prev[-1], len(resp), len(ref))
+
+
+OFFLINE_METRICS = {"exact_match": exact_match, "token_f1": token_f1, "rouge_l": rouge_l}
+
+
+def score_responses(entries: list[dict], key: str = "model_response") -> pd.DataFrame:
+    """One row per entry: instruction, reference, response and each offline metric."""
+    rows = []
+    for entry in entries:
+        row = {"instruction": entry["instruction"], "reference": entry["output"], "response": entry[key]}
+        row.update({name: fn(entry[key], entry["output"]) for name, fn in OFFLINE_METRICS.items()})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["instruction", "reference", "response", *OFFLINE_METRICS])
+
+
+# Source: ch07_instruction/ch07.ipynb, 7.8.2 An LLM as the judge
+_NUMBER = r"(\d+(?:\.\d+)?)"
+
+
+def parse_judge_score(reply: str) -> float | None:
+    """The 0-100 score in a judge's reply ("85", "Score: 85/100", "8/10", ...), or None if none is clear."""
+    text = re.sub(r"<think>.*?</think>", " ", reply, flags=re.S)  # reasoning models' hidden thoughts
+    text = text.replace("*", "")  # Markdown emphasis such as **85**
+    candidates = []
+    scaled = re.findall(rf"(?<![\w.]){_NUMBER}\s*(?:/|out of)\s*(100|10)\b", text, flags=re.I)
+    if scaled:  # "85/100", "8 out of 10": take the first, on the 0-100 scale
+        value, scale = scaled[0]
+        candidates = [float(value) * 100 / float(scale)]
+    else:
+        labelled = re.findall(rf"\b(?:score|rating)\b\D{{0,12}}?(?<![\w.]){_NUMBER}", text, flags=re.I)
+        if labelled:  # "Score: 85", "my rating is 85"
+            candidates = [float(labelled[0])]
+        else:  # otherwise: exactly one distinct number in the reply
+            candidates = sorted({float(n) for n in re.findall(rf"(?<![\w.]){_NUMBER}(?![\w])", text)})
+    if len(candidates) != 1 or not 0 <= candidates[0] <= 100:
+        return None
+    return candidates[0]
+
+
+# Source: ch07_instruction/ch07.ipynb, 7.8.2 An LLM as the judge
+def judge_prompt(entry: dict, key: str = "model_response") -> str:
+    """What the judge is asked: the task, the reference answer and the response, for a score from 0 to 100."""
+    return (
+        f"Here is a task for an assistant:\n\n{format_instruction_prompt(entry)}\n\n"
+        f"A correct answer is:\n{entry['output']}\n\n"
+        f"The assistant answered:\n{entry[key]}\n\n"
+        "Score the assistant's answer from 0 (useless or wrong) to 100 (as good as the correct answer). "
+        "Reply with the integer score only."
+    )
+
+
+# Source: ch07_instruction/ch07.ipynb, 7.12 The judge client
+JUDGE_DEFAULT_URLS = {"ollama": "http://localhost:11434", "openai": "http://localhost:8080/v1"}
+
+
+class JudgeUnavailable(ConnectionError):
+    """No judge server answered (or it lacks the model); the message says how to start one."""
+
+
+class JudgeReplyError(RuntimeError):
+    """The judge server answered, but not with a usable chat reply, even after retries."""
+
+
+def judge_setup_help(api: str, base_url: str, model: str) -> str:
+    """How to start a judge server for ``api`` at ``base_url`` with ``model``."""
+    return (
+        f"To score with an LLM judge, start a server: with Ollama (https://ollama.com) run "
+        f"`ollama serve` and `ollama pull {model}`; or any OpenAI-compatible server, e.g. llama.cpp's "
+        "`llama-server -m model.gguf --port 8080` or vLLM's `vllm serve <model>`, and set "
+        "COURSE_JUDGE_API=openai, COURSE_JUDGE_URL=<base URL ending in /v1>, COURSE_JUDGE_MODEL=<name>. "
+        f"(Tried: {api} API at {base_url}, model {model!r}.)"
+    )
+
+
+# Source: ch07_instruction/ch07.ipynb, 7.12 The judge client
+@dataclass
+class LLMJudge:
+    """A client for an LLM judge behind Ollama's REST API (``api="ollama"``) or an OpenAI-compatible one."""
+
+    model: str = "llama3.2"
+    api: str = "ollama"
+    base_url: str | None = None  # default: JUDGE_DEFAULT_URLS[api]
+    api_key: str | None = None  # sent as a Bearer token (OpenAI-compatible servers only)
+    timeout: float = 60.0  # seconds per request
+    retries: int = 2  # extra attempts after a failed request or a reply without a score
+    backoff: float = 1.0  # seconds before the first retry, doubled each time
+    seed: int = 123
+
+    def __post_init__(self):
+        if self.api not in JUDGE_DEFAULT_URLS:
+            raise ValueError(f"api must be one of {sorted(JUDGE_DEFAULT_URLS)}, got {self.api!r}")
+        self.base_url = (self.base_url or JUDGE_DEFAULT_URLS[self.api]).rstrip("/")
+
+    def _request(self, path: str, payload: dict | None = None) -> dict:
+        """One HTTP request (POST with a JSON body, else GET); the decoded JSON reply."""
+        headers = {"Content-Type": "application/json"}
+        if self.api_key and self.api == "openai":
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        body = None if payload is None else json.dumps(payload).encode("utf-8")
+        url = self.base_url + path
+        request = urllib.request.Request(url, data=body, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as reply:
+                text = reply.read().decode("utf-8", errors="replace")
+        except urllib.error.HTTPError as err:  # the server answered with an error status
+            detail = err.read().decode("utf-8", errors="replace")[:200]
+            raise JudgeReplyError(f"HTTP {err.code} from {url}: {detail}") from None
+        except TimeoutError:
+            raise JudgeReplyError(f"no reply from {url} within {self.timeout} s") from None
+        except urllib.error.URLError as err:
+            if isinstance(err.reason, TimeoutError):
+                raise JudgeReplyError(f"no reply from {url} within {self.timeout} s") from None
+            raise JudgeUnavailable(
+                f"no LLM judge answered at {self.base_url} ({err.reason}). "
+                + judge_setup_help(self.api, self.base_url, self.model)
+            ) from None
+        except (ConnectionError, OSError) as err:
+            raise JudgeUnavailable(
+                f"no LLM judge answered at {self.base_url} ({err}). "
+                + judge_setup_help(self.api, self.base_url, self.model)
+            ) from None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            raise JudgeReplyError(f"the reply from {url} is not JSON: {text[:120]!r}") from None
+
+    def check(self) -> None:
+        """Raise ``JudgeUnavailable`` (saying how to start a server) unless the server has the model."""
+        try:
+            reply = self._request("/api/tags" if self.api == "ollama" else "/models")
+        except JudgeReplyError as err:
+            help_text = judge_setup_help(self.api, self.base_url, self.model)
+            raise JudgeUnavailable(f"{err}. {help_text}") from None
+        if self.api == "ollama":  # Ollama names models "llama3.2:latest"; "llama3.2" means that tag
+            names = {m.get("name", "") for m in reply.get("models", [])}
+            if self.model not in names | {n.removesuffix(":latest") for n in names}:
+                raise JudgeUnavailable(
+                    f"the Ollama server at {self.base_url} has no model {self.model!r}; "
+                    f"run `ollama pull {self.model}` (it has: {sorted(names) or 'none'})"
+                )
+
+    def chat(self, prompt: str) -> str:
+        """Send one user message; return the reply's text (retrying timeouts, errors and non-JSON replies)."""
+        messages = [{"role": "user", "content": prompt}]
+        if self.api == "ollama":
+            path = "/api/chat"
+            payload = {"model": self.model, "messages": messages, "stream": False,
+                       "options": {"temperature": 0, "seed": self.seed}}  # fmt: skip
+        else:
+            path = "/chat/completions"
+            payload = {"model": self.model, "messages": messages, "temperature": 0, "seed": self.seed}
+        for attempt in range(self.retries + 1):
+            try:
+                data = self._request(path, payload)
+                try:
+                    message = data["message"] if self.api == "ollama" else data["choices"][0]["message"]
+                    text = message["content"]
+                except (KeyError, IndexError, TypeError):
+                    text = None
+                if not isinstance(text, str):
+                    where = self.base_url + path
+                    raise JudgeReplyError(f"the reply from {where} has no message text: {str(data)[:120]}")
+                return text
+            except JudgeReplyError:
+                if attempt == self.retries:
+                    raise
+                time.sleep(self.backoff * 2**attempt)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def score(self, prompt: str) -> tuple[float | None, str]:
+        """Ask ``prompt``; re-ask while the reply has no score. (score or None, the last reply)."""
+        reply = ""
+        for attempt in range(self.retries + 1):
+            reply = self.chat(prompt)
+            value = parse_judge_score(reply)
+            if value is not None:
+                return value, reply
+            if attempt < self.retries:
+                time.sleep(self.backoff * 2**attempt)
+        return None, reply
+
+
+# Source: ch07_instruction/ch07.ipynb, 7.12 The judge client
+def judge_responses(
+    judge: LLMJudge, entries: list[dict], key: str = "model_response", progress: bool = False
+) -> pd.DataFrame:
+    """Judge each entry's response: columns judge_score (NaN when missing), judge_reply, judge_error."""
+    rows = []
+    for entry in tqdm(entries, desc="judging", disable=not progress):
+        try:
+            value, reply = judge.score(judge_prompt(entry, key))
+            rows.append({"judge_score": value, "judge_reply": reply, "judge_error": None})
+        except JudgeReplyError as err:  # this entry failed; the others may still work
+            rows.append({"judge_score": None, "judge_reply": None, "judge_error": str(err)})
+    return pd.DataFrame(rows, columns=["judge_score", "judge_reply", "judge_error"], dtype=object).astype(
+        {"judge_score": float}
+    )

@@ -4,6 +4,7 @@
 """Chapter 7: Finetuning to follow instructions: the code the chapter builds."""
 
 import json
+import math
 import os
 import random
 import re
@@ -12,6 +13,7 @@ import unicodedata
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -457,29 +459,33 @@ def judge_responses(
     )
 
 
-# Source: ch07_instruction/dpo.ipynb, DPO 2. Log-probability of a response
-def response_log_probs(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Sum of log p(token | earlier tokens) over the tokens where ``mask`` is True, one value per row."""
-    logits = model(ids[:, :-1])  # (b, T - 1, vocab): position j predicts token j + 1
-    log_probs = torch.log_softmax(logits.float(), dim=-1)  # (b, T - 1, vocab)
-    picked = log_probs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # (b, T - 1)
-    return (picked * mask[:, 1:]).sum(dim=-1)  # (b,)
+# Source: ch07_instruction/dpo.ipynb, DPO 2. The data: chosen and rejected answers
+PREFERENCE_KEYS = ("instruction", "input", "chosen", "rejected")
 
 
-def dpo_loss(
-    policy_chosen: torch.Tensor,
-    policy_rejected: torch.Tensor,
-    reference_chosen: torch.Tensor,
-    reference_rejected: torch.Tensor,
-    beta: float = 0.1,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """DPO loss -log sigmoid(beta * (chosen log-ratio - rejected log-ratio)), with both rewards."""
-    chosen_rewards = beta * (policy_chosen - reference_chosen)  # (b,)
-    rejected_rewards = beta * (policy_rejected - reference_rejected)  # (b,)
-    loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
-    return loss, chosen_rewards.detach(), rejected_rewards.detach()
+class PreferenceDataset(Dataset):
+    """Preference entries as token IDs (prompt, chosen, rejected), the prompt in chapter 7's format."""
+
+    def __init__(self, entries: list[dict], tokenizer):
+        check_instruction_entries(entries, "preference data", required=PREFERENCE_KEYS)
+        self.entries = entries
+        self.encoded = [
+            (
+                tokenizer.encode_ordinary(format_instruction_prompt(entry)),
+                tokenizer.encode_ordinary(entry["chosen"]),
+                tokenizer.encode_ordinary(entry["rejected"]),
+            )
+            for entry in entries
+        ]
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    def __getitem__(self, index: int) -> tuple[list[int], list[int], list[int]]:
+        return self.encoded[index]
 
 
+# Source: ch07_instruction/dpo.ipynb, DPO 2. The data: chosen and rejected answers
 def preference_collate(
     batch: list[tuple[list[int], list[int], list[int]]],
     pad_token_id: int = 50256,
@@ -504,6 +510,167 @@ def preference_collate(
     return {key: torch.stack(value).to(device) for key, value in rows.items()}  # (b, longest) each
 
 
-def preference_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> float:
-    """Share of pairs whose chosen response gets the larger reward."""
-    return (chosen_rewards > rejected_rewards).float().mean().item()
+# Source: ch07_instruction/dpo.ipynb, DPO 3. The log-probability of a response
+def response_log_probs(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum of log p(token | earlier tokens) over the tokens where ``mask`` is True, one value per row."""
+    logits = model(ids[:, :-1])  # (b, T - 1, vocab): position j predicts token j + 1
+    log_probs = torch.log_softmax(logits.float(), dim=-1)  # (b, T - 1, vocab)
+    picked = log_probs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # (b, T - 1)
+    return (picked * mask[:, 1:]).sum(dim=-1)  # (b,)
+
+
+# Source: ch07_instruction/dpo.ipynb, DPO 3. The log-probability of a response
+def pair_log_probs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probabilities of the chosen and the rejected rows of a collated batch."""
+    ids = torch.cat([batch["chosen"], batch["rejected"]])  # (2b, T): one forward pass for both
+    mask = torch.cat([batch["chosen_mask"], batch["rejected_mask"]])  # (2b, T)
+    both = response_log_probs(model, ids, mask)  # (2b,)
+    return both[: len(batch["chosen"])], both[len(batch["chosen"]) :]  # (b,) and (b,)
+
+
+# Source: ch07_instruction/dpo.ipynb, DPO 4. The DPO loss
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    beta: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DPO loss -log sigmoid(beta * (chosen log-ratio - rejected log-ratio)), with both rewards."""
+    chosen_rewards = beta * (policy_chosen - reference_chosen)  # (b,)
+    rejected_rewards = beta * (policy_rejected - reference_rejected)  # (b,)
+    loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+    return loss, chosen_rewards.detach(), rejected_rewards.detach()
+
+
+# Source: ch07_instruction/dpo.ipynb, DPO 4. The DPO loss
+def preference_accuracy(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> float:
+    """Share of pairs whose chosen response scores higher; an exact tie counts as half a pair."""
+    wins = (chosen_scores > rejected_scores).float() + 0.5 * (chosen_scores == rejected_scores).float()
+    return wins.mean().item()
+
+
+# Source: ch07_instruction/dpo.ipynb, DPO 5. Training chapter 7's model with DPO
+@torch.no_grad()
+def dataset_log_probs(
+    model: nn.Module,
+    dataset,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probabilities of every chosen and every rejected response of ``dataset`` (no gradients)."""
+    was_training = model.training
+    model.eval()
+    chosen, rejected = [], []
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        c, r = pair_log_probs(model, preference_collate(items, max_length=max_length, device=device))
+        chosen.append(c.cpu())
+        rejected.append(r.cpu())
+    model.train(was_training)
+    return torch.cat(chosen), torch.cat(rejected)  # (n,) and (n,)
+
+
+def evaluate_preferences(
+    model: nn.Module,
+    dataset,
+    reference: tuple[torch.Tensor, torch.Tensor],
+    beta: float = 0.1,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
+    """DPO loss, mean reward margin, raw and implicit-reward preference accuracy, mean log-probabilities."""
+    chosen, rejected = dataset_log_probs(model, dataset, batch_size, max_length, device)
+    loss, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, *reference, beta=beta)
+    return {
+        "loss": loss.item(),
+        "margin": (chosen_rewards - rejected_rewards).mean().item(),
+        "reward_accuracy": preference_accuracy(chosen_rewards, rejected_rewards),
+        "raw_accuracy": preference_accuracy(chosen, rejected),
+        "chosen_log_prob": chosen.mean().item(),
+        "rejected_log_prob": rejected.mean().item(),
+    }
+
+
+# Source: ch07_instruction/dpo.ipynb, DPO 5. Training chapter 7's model with DPO
+def dpo_train_step(
+    policy: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    beta: float = 0.1,
+    max_grad_norm: float = 1.0,
+) -> dict[str, float]:
+    """One optimizer step on the DPO loss of a collated batch; its loss, mean reward margin and accuracy."""
+    chosen, rejected = pair_log_probs(policy, batch)
+    loss, chosen_rewards, rejected_rewards = dpo_loss(
+        chosen, rejected, reference_chosen, reference_rejected, beta
+    )
+    optimizer.zero_grad()
+    loss.backward()
+    if math.isfinite(max_grad_norm):
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm)
+    optimizer.step()
+    return {
+        "loss": loss.item(),
+        "margin": (chosen_rewards - rejected_rewards).mean().item(),
+        "accuracy": preference_accuracy(chosen_rewards, rejected_rewards),
+    }
+
+
+def train_dpo(
+    policy: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_set,
+    train_reference: tuple[torch.Tensor, torch.Tensor],
+    val_set,
+    val_reference: tuple[torch.Tensor, torch.Tensor],
+    beta: float = 0.1,
+    epochs: int = 1,
+    batch_size: int = 8,
+    eval_freq: int = 20,
+    seed: int = 123,
+    max_length: int | None = None,
+    device: str | torch.device = "cpu",
+    start_epoch: int = 0,
+    history: dict | None = None,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> dict[str, list]:
+    """Train ``policy`` with DPO from ``start_epoch`` to ``epochs``; the history of the metrics."""
+    steps_per_epoch = len(train_set) // batch_size  # an incomplete last batch is dropped
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_set)} training pairs make no batch of {batch_size}")
+    keys = ("step", "epoch", "train_loss", "train_margin", "train_accuracy", "val_loss", "val_margin",
+            "val_accuracy", "val_raw_accuracy", "seconds")  # fmt: skip
+    history = history if history is not None else {key: [] for key in keys}
+    step, window, start = start_epoch * steps_per_epoch, [], time.time()
+    for epoch in range(start_epoch, epochs):
+        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed + epoch))
+        policy.train()
+        for k in range(steps_per_epoch):
+            index = order[k * batch_size : (k + 1) * batch_size]  # (batch_size,)
+            items = [train_set[i] for i in index.tolist()]
+            batch = preference_collate(items, max_length=max_length, device=device)
+            ref_chosen, ref_rejected = (r[index].to(device) for r in train_reference)
+            window.append(dpo_train_step(policy, optimizer, batch, ref_chosen, ref_rejected, beta))
+            step += 1
+            if step % eval_freq == 0 or k == steps_per_epoch - 1:
+                val = evaluate_preferences(
+                    policy, val_set, val_reference, beta, max_length=max_length, device=device
+                )
+                history["step"].append(step)
+                history["epoch"].append(step / steps_per_epoch)
+                for name in ("loss", "margin", "accuracy"):
+                    history[f"train_{name}"].append(sum(w[name] for w in window) / len(window))
+                history["val_loss"].append(val["loss"])
+                history["val_margin"].append(val["margin"])
+                history["val_accuracy"].append(val["reward_accuracy"])
+                history["val_raw_accuracy"].append(val["raw_accuracy"])
+                history["seconds"].append(time.time() - start)
+                window = []
+        if on_epoch is not None:
+            on_epoch(epoch + 1, history)
+    return history
