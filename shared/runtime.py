@@ -60,6 +60,11 @@ FULL_MODE_COST = {
         " with GPT-2 355M (a 1.5 GB download) more than an hour on a laptop CPU, minutes on a GPU;"
         f" {NEEDS_BASE_MODEL}"
     ),
+    "ch07_instruction/dpo.ipynb": (
+        "with chapter 7's finetuned books model about 10 minutes on 2 CPU cores (DPO itself, responses"
+        " before and after, two short trial runs), plus a short finetuning first if chapter 7's checkpoint"
+        f" is missing; with GPT-2 355M more than an hour on a laptop CPU; {NEEDS_BASE_MODEL}"
+    ),
 }
 SWITCH_HINT = (
     "To switch, run `%env COURSE_QUICK={value}` in a cell, then the notebook again from the top"
