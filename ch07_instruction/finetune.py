@@ -33,10 +33,11 @@ progress bar shows the steps and the losses of every evaluation. Written to ``--
 What can go wrong: a folder that holds a run (``model.pth``, ``responses.json``, ...) needs
 ``--resume`` (continue it from its last ``epoch-<k>.pth``, with the run's own settings; a finished
 run only writes its responses again) or ``--overwrite``, which removes those files first, so old
-responses never sit beside a new model; malformed instruction JSON is named by file, line and entry. Every file is written whole or not at
-all (a temporary file, then a rename): an interrupted run never leaves half a file. An unreadable
-file, a failed download or Ctrl-C gives one line and exit code 1 (130 for Ctrl-C); ``--debug`` shows
-the traceback. A bad value is refused before any work.
+responses never sit beside a new model; malformed instruction JSON is named by file, line and
+entry. Every file is written whole or not at all (a temporary file, then a rename): an interrupted
+run never leaves half a file. An unreadable file, a failed download or Ctrl-C gives one line and
+exit code 1 (130 for Ctrl-C); ``--debug`` shows the traceback. A bad value is refused before any
+work.
 """
 
 from __future__ import annotations
