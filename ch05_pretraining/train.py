@@ -1,8 +1,5 @@
 """Pretrain a GPT model on a text file or on the course's books, with checkpoints and exact resuming.
 
-The model and the loops come from the course's package (``gpt_from_scratch``): ``GPTModel``, and
-``train_model`` and ``pretrain_on_tokens``, both built on chapter 5's training core ``train_loop``.
-
 Examples (from the repository root):
 
     python ch05_pretraining/train.py --text the-verdict.txt --model tiny --epochs 2
@@ -16,35 +13,31 @@ Examples (from the repository root):
 
 ``--data text`` trains on one text file (a course file name or a path) for ``--epochs`` passes
 (section 5.6's ``train_model``). ``--data books`` pretrains the course's base model (base_model.ipynb)
-on random windows of the registry's Gutenberg books, tokenized once into uint16 files, with whole
-books held out (``--val-books``); at the end it writes the folder that ``load_base_model`` reads.
-Both modes use warmup, cosine decay and clipping, evaluate every ``--eval-freq`` steps with a
-sample (``generate_text_fast``, temperature 0.8, top-k 40, the same seed each time), and write
-``last.pth`` and ``history.json`` every ``--save-every`` steps; ``--resume`` continues with the same
-losses as an uninterrupted run (the arguments that shape the run come from the checkpoint).
-``--minutes`` sets the steps from four timed trial steps; ``--resume --extend-to N`` stretches a
-run's schedule to N steps.
+with ``pretrain_on_tokens`` on random windows of the registry's Gutenberg books, with whole books held
+out (``--val-books``), and ends by writing the folder that ``load_base_model`` reads. Both modes use
+chapter 5's training core (warmup, cosine decay, clipping), evaluate every ``--eval-freq`` steps with
+a sample (temperature 0.8, top-k 40, the same seed each time), and write ``last.pth`` and
+``history.json`` every ``--save-every`` steps; ``--resume`` continues with the same losses as an
+uninterrupted run. ``--minutes`` sets the steps from four timed trial steps; ``--resume --extend-to N``
+stretches a run's schedule to N steps.
 
-Under ``torchrun`` (several processes, GPUs or machines) each process trains on its share of the
-rows of every batch (``--batch-size`` is the global batch): N processes follow the run of one up to
-float rounding (with ``--drop-rate`` 0). Rank 0 prints and writes; CUDA uses NCCL, CPUs gloo
-(several machines: see the README):
+Under ``torchrun`` each process trains on its share of the rows of every batch (``--batch-size`` is
+the global batch); N processes follow the run of one up to float rounding (with ``--drop-rate`` 0).
+Rank 0 prints and writes; CUDA uses NCCL, CPUs gloo (several machines: see the README):
 
     torchrun --standalone --nproc_per_node 8 ch05_pretraining/train.py --data books --batch-size 64
     torchrun --standalone --nproc_per_node 2 ch05_pretraining/train.py --threads 1 --device cpu
 
-What can go wrong: a folder that already holds a run needs ``--resume`` (continue it) or
-``--overwrite`` (replace it); ``--resume`` refuses run settings (``--lr``, ``--steps``, ...) that
-differ from the checkpoint's. A damaged ``last.pth``: delete it and train again. Every file is
-written whole or not at all (a temporary file, then a rename): an interrupted run never leaves half
-a file. An unreadable file, a failed download or Ctrl-C gives one line and exit code 1 (130 for
-Ctrl-C); ``--debug`` shows the traceback. A bad value is refused before any work.
+What can go wrong: a folder that holds a run needs ``--resume`` (continue it) or ``--overwrite``
+(replace it); ``--resume`` refuses settings (``--lr``, ``--steps``, ...) other than the run's. Files
+are written whole or not at all (a temporary file, then a rename). An unreadable file (a damaged
+``last.pth``: delete it, train again), a failed download or Ctrl-C gives one line and exit code 1
+(130 for Ctrl-C); ``--debug`` shows the traceback. A bad value is refused before any work.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -55,7 +48,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from gpt_from_scratch.ch02 import create_dataloader
@@ -80,6 +72,7 @@ from shared.cli import (
     add_overwrite,
     add_seed,
     claim_out_dir,
+    course_file_or_path,
     dropout_rate,
     nonneg_float,
     nonneg_int,
@@ -87,12 +80,14 @@ from shared.cli import (
     plain_args,
     positive_float,
     positive_int,
+    restore_run_args,
     script_main,
     script_parser,
     setup_runtime,
 )
 from shared.data import read_text as read_course_text
-from shared.registry import FILES, GUTENBERG_BOOKS
+from shared.distributed import is_main, log, main_process_first, start_processes, wrap_model
+from shared.registry import GUTENBERG_BOOKS
 from shared.runtime import set_seed
 from shared.tokenizer import get_gpt2_tokenizer
 
@@ -158,59 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def is_main() -> bool:
-    """True in the one process that prints and writes files: rank 0 under torchrun, else the only one."""
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def log(*args, **kwargs) -> None:
-    """``print``, in the main process only (under torchrun every process has the same story to tell)."""
-    if is_main():
-        print(*args, **kwargs)
-
-
-def start_processes(args: argparse.Namespace, device: torch.device) -> torch.device:
-    """This process's device; under torchrun, join the process group first (NCCL on CUDA, gloo on CPU)."""
-    if "WORLD_SIZE" not in os.environ:  # started without torchrun: one process
-        return device
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per process
-        torch.cuda.set_device(device)
-        bind = "device_id" in inspect.signature(dist.init_process_group).parameters  # torch >= 2.3
-        dist.init_process_group("nccl", **({"device_id": device} if bind else {}))
-    elif device.type == "cpu":
-        dist.init_process_group("gloo")
-    else:
-        raise SystemExit(f"torchrun: use --device cuda or cpu (NCCL or gloo), not {device.type}")
-    world = dist.get_world_size()
-    if args.batch_size % world:
-        raise SystemExit(f"--batch-size {args.batch_size} does not split evenly over {world} processes")
-    share = f"each trains on {args.batch_size // world} rows of a batch"
-    log(f"torchrun: {world} processes ({dist.get_backend()}), {share}")
-    return device
-
-
-def main_process_first(make: Callable[[], object]) -> object:
-    """``make()`` in the main process, then, when it is done (it may write files), in the others."""
-    result = make() if is_main() else None
-    if dist.is_initialized():
-        dist.barrier()
-    return result if is_main() else make()
-
-
-def wrap_model(model: torch.nn.Module, device: torch.device, seed: int) -> torch.nn.Module:
-    """The model in DistributedDataParallel under torchrun (gradients averaged over ranks), else itself."""
-    if not dist.is_initialized():
-        return model
-    rank = dist.get_rank()
-    if rank > 0:  # rank 0 keeps the random stream of a one-process run; the others draw their own dropout
-        torch.manual_seed(seed + rank)
-    ids = [device.index] if device.type == "cuda" else None
-    names = inspect.signature(DistributedDataParallel).parameters  # torch 2.13 renamed the option:
-    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in names else "broadcast_buffers"
-    return DistributedDataParallel(model, device_ids=ids, **{no_sync: False})  # buffers (masks) are constants
-
-
 def choose_precision(args: argparse.Namespace, device: torch.device) -> str:
     """fp32 or bf16, from --precision (auto: bf16 where the device has bfloat16 arithmetic); why."""
     if args.precision in ("fp32", "bf16"):
@@ -219,13 +161,6 @@ def choose_precision(args: argparse.Namespace, device: torch.device) -> str:
     if args.precision == "fp32":
         return f"auto: no bfloat16 arithmetic found on {device.type}"
     return f"auto: {'this GPU supports bfloat16' if device.type == 'cuda' else 'AVX-512 BF16 or AMX'}"
-
-
-def read_text(name: str) -> str:
-    """A registered course file by name, else a text file by path."""
-    if name not in FILES and not Path(name).is_file():
-        raise SystemExit(f"--text {name!r} is neither a course file (shared/registry.py) nor a file")
-    return read_course_text(name) if name in FILES else Path(name).read_text(encoding="utf-8")
 
 
 def model_config(args: argparse.Namespace) -> dict:
@@ -272,11 +207,6 @@ def book_tokens(args: argparse.Namespace, folder: Path, tokenizer) -> tuple:
         log(f"{split}: {len(spans)} book(s), {len(tokens):,} tokens ({counts})")
         arrays.append(tokens)
     return arrays[0], arrays[1], train_names, val_names
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write ``data`` as JSON, atomically."""
-    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def steps_for_minutes(model: torch.nn.Module, train_tokens, val_tokens, device, args) -> int:
@@ -356,7 +286,7 @@ def write_books_model(model, folder: Path, state: dict, args, val_tokens, names:
 def train(args: argparse.Namespace, folder: Path, device: torch.device) -> int:
     """Both modes: set up, train in chunks of --save-every steps with a checkpoint after each, finish."""
     books, ckpt_path = args.data == "books", folder / CHECKPOINT
-    device = start_processes(args, device)
+    device = start_processes(device, args.batch_size)
     cls, why = GPTModelFast if args.fast else GPTModel, choose_precision(args, device)
     log(f"model class {cls.__name__}, precision {args.precision} ({why})")
     tokenizer = main_process_first(get_gpt2_tokenizer)
@@ -365,7 +295,7 @@ def train(args: argparse.Namespace, folder: Path, device: torch.device) -> int:
     if books:
         train_tokens, val_tokens, *names = main_process_first(lambda: book_tokens(args, folder, tokenizer))
     else:
-        text = main_process_first(lambda: read_text(args.text))
+        text = main_process_first(lambda: course_file_or_path(args.text, "--text").read_text("utf-8-sig"))
         split = int((1 - args.val_ratio) * len(text))
         train_loader, val_loader = (
             create_dataloader(part, tokenizer, args.batch_size, ctx, ctx, shuffle=shuffle, drop_last=shuffle)
@@ -434,7 +364,7 @@ def train(args: argparse.Namespace, folder: Path, device: torch.device) -> int:
             step, state["train_seconds"] = state["step"], seconds_before + time.time() - start
             if is_main():  # the state holds every process's random state: rank 0 writes it
                 save_checkpoint(ckpt_path, model, optimizer, cfg=cfg, args=plain_args(args), **state)
-                write_json(folder / HISTORY, state["history"])
+                atomic_write_text(folder / HISTORY, json.dumps(state["history"], indent=1) + "\n")
     if not is_main() or state is None:
         return 0  # the rest (the final evaluation, the base-model folder) is rank 0's
     if step == step0:
@@ -467,14 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--resume: no checkpoint at {folder / CHECKPOINT}; train without --resume first")
     if args.resume:
         saved = read_checkpoint(folder / CHECKPOINT)["extra"]["args"]  # CourseFileError if unreadable
-        given = [k for k in RUN_ARGS if getattr(args, k) not in (parser.get_default(k), saved.get(k))]
-        if given:  # the run's settings come from its checkpoint: never ignore a flag silently
-            flags = ", ".join(
-                f"--{k.replace('_', '-')} {getattr(args, k)} (the run's: {saved.get(k)})" for k in given
-            )
-            raise SystemExit(f"--resume continues the run with its own settings; drop {flags}")
-        for key in RUN_ARGS:
-            setattr(args, key, saved.get(key, LEGACY.get(key, getattr(args, key))))
+        restore_run_args(parser, args, saved, RUN_ARGS, LEGACY)
     for key, value in {**DEFAULTS[args.data], "prompt": PROMPTS[args.data]}.items():
         if getattr(args, key) is None:  # the default of the mode (--data)
             setattr(args, key, value)

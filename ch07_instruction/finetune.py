@@ -11,6 +11,7 @@ Examples (from the repository root):
     python ch07_instruction/finetune.py --weights gpt2 --size 355M --lr 5e-5   # the book's set-up
     python ch07_instruction/finetune.py --limit 200 --epochs 1 --out-dir checkpoints/ch07-200
     python ch07_instruction/finetune.py --quick          # quick mode: checkpoints/ch07-quick
+    python ch07_instruction/finetune.py --resume         # continue an interrupted run
 
 The base model comes from ``load_base_model`` (chapter 5): GPT-2 if its weights are available,
 else the course's model pretrained on books; the script prints which. The data are split 85/5/10
@@ -30,11 +31,13 @@ progress bar shows the steps and the losses of every evaluation. Written to ``--
 ``ch07_instruction/evaluate.py`` scores the responses. Every file of a run carries its run id.
 
 What can go wrong: a folder that holds a run (``model.pth``, ``responses.json``, ...) needs
-``--overwrite``, which removes those files first, so old responses never sit beside a new model;
-malformed instruction JSON is named by file, line and entry. Every file is written whole or not at
-all (a temporary file, then a rename): an interrupted run never leaves half a file. An unreadable
-file, a failed download or Ctrl-C gives one line and exit code 1 (130 for Ctrl-C); ``--debug`` shows
-the traceback. A bad value is refused before any work.
+``--resume`` (continue it from its last ``epoch-<k>.pth``, with the run's own settings; a finished
+run only writes its responses again) or ``--overwrite``, which removes those files first, so old
+responses never sit beside a new model; malformed instruction JSON is named by file, line and
+entry. Every file is written whole or not at all (a temporary file, then a rename): an interrupted
+run never leaves half a file. An unreadable file, a failed download or Ctrl-C gives one line and
+exit code 1 (130 for Ctrl-C); ``--debug`` shows the traceback. A bad value is refused before any
+work.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from gpt_from_scratch.ch05 import (
     atomic_write_text,
     load_base_model,
     load_checkpoint,
+    read_checkpoint,
     save_checkpoint,
     train_model,
 )
@@ -79,12 +83,17 @@ from shared.cli import (
     plain_args,
     positive_float,
     positive_int,
+    restore_run_args,
     script_main,
     script_parser,
     setup_runtime,
 )
 
 RUN_OUTPUTS = ("model.pth", "epoch-*.pth", "responses*.json", "train_log.json")  # one run's files
+RUN_ARGS = (  # what defines a run; restored from its last epoch checkpoint on --resume
+    "data init_from epochs batch_size lr weight_decay max_length mask_prompt lora_rank lora_alpha limit"
+    " eval_freq eval_iter seed weights size books_dir quick"
+).split()
 QUICK = {"limit": 40, "epochs": 1, "max_new_tokens": 16}  # --quick: a few entries, one epoch, short replies
 
 
@@ -102,6 +111,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_seed(p, default=123, detail="; here the 85/5/10 split, the order of the batches and dropout")
     add_out_dir(p, "ch07", "checkpoints, responses and the training log")
     add_overwrite(p)
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out-dir from its last epoch-<k>.pth"
+    )
     p.add_argument("--data", default="instruction-data.json", help="course file name or path to a JSON list")
     p.add_argument(
         "--init-from", default=None, metavar="PATH", help="start from this finetuned checkpoint (model.pth)"
@@ -142,11 +154,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also save the responses of the model before finetuning (responses-base.json)",
     )
     args = p.parse_args(argv)
+    if args.resume:  # the run's own settings, from its newest epoch checkpoint
+        if args.overwrite:
+            raise SystemExit("--resume continues the run in --out-dir, --overwrite replaces it: choose one")
+        if (last := last_epoch_checkpoint(args.out_dir)) is None:
+            raise SystemExit(f"--resume: no epoch-<k>.pth in {args.out_dir}; finetune without --resume first")
+        restore_run_args(p, args, read_checkpoint(last)["extra"]["args"], RUN_ARGS, {})
+        args.books_dir = None if args.books_dir is None else Path(args.books_dir)
     if args.quick:  # same code path, smaller sizes; never the GPT-2 download
         args.limit = QUICK["limit"] if args.limit is None else args.limit
         args.epochs, args.max_new_tokens = QUICK["epochs"], min(args.max_new_tokens, QUICK["max_new_tokens"])
         args.weights = "books" if args.weights == "auto" else args.weights
     return args
+
+
+def last_epoch_checkpoint(folder: Path) -> Path | None:
+    """The newest ``epoch-<k>.pth`` in ``folder`` (the highest k), or None."""
+    found = [(int(p.stem[6:]), p) for p in Path(folder).glob("epoch-*.pth") if p.stem[6:].isdigit()]
+    return max(found)[1] if found else None
 
 
 def data_path(name: str) -> Path:
@@ -170,12 +195,15 @@ def finetune(
     device: torch.device,
     args: argparse.Namespace,
     on_step: Callable[[dict], None],
+    state: dict | None,
+    stop_at_step: int,
 ) -> dict:
-    """Chapter 5's training core at the constant rate ``--lr``, no clipping; its history of losses.
+    """Chapter 5's training core at the constant rate ``--lr``, no clipping, from ``state`` to a step.
 
-    ``on_step(state)`` follows every optimizer step (``state["history"]`` holds the losses so far).
+    ``on_step(state)`` follows every optimizer step (``state["history"]`` holds the losses so far);
+    the state returned resumes the run exactly (the batches' order, dropout, the losses so far).
     """
-    state = train_model(
+    return train_model(
         model,
         train_loader,
         val_loader,
@@ -188,10 +216,11 @@ def finetune(
         min_lr=args.lr,  # no warmup, no decay
         max_grad_norm=math.inf,  # no clipping, as chapter 7's train_model_simple
         seed=args.seed,
+        state=state,
+        stop_at_step=stop_at_step,
         verbose=False,
         on_step=on_step,
     )
-    return state["history"]
 
 
 @script_main(CourseFileError)
@@ -209,14 +238,23 @@ def main(argv: list[str] | None = None) -> int:
     device = setup_runtime(args)
     tokenizer = get_gpt2_tokenizer()
     out_dir = args.out_dir
-    claim_out_dir(out_dir, RUN_OUTPUTS, args.overwrite)  # before any work: never two runs in one folder
+    if not args.resume:  # before any work: never two runs in one folder
+        claim_out_dir(out_dir, RUN_OUTPUTS, args.overwrite, ", or --resume to continue it")
     out_dir.mkdir(parents=True, exist_ok=True)
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"  # carried by every file of the run
+    resumed = read_checkpoint(last_epoch_checkpoint(out_dir))["extra"] if args.resume else None
+    if resumed is not None:
+        if "train_state" not in resumed:
+            raise CourseFileError(
+                f"{last_epoch_checkpoint(out_dir)} comes from a version without --resume; start again with "
+                "--overwrite"
+            )
+        run_id = resumed["run_id"]
 
     base = load_base(args, load_base_model, device)
     model, source = base.model, base.description
     print(f"base model: {source}")
-    if args.init_from:
+    if args.init_from and resumed is None:  # a resumed run loads its own weights below
         extra = load_checkpoint(args.init_from, model, map_location=device)
         print(f"starting from {args.init_from} (finetuned for {extra.get('epochs', '?')} epochs)")
     model.to(device)
@@ -259,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, ds in zip(("train", "validation", "test"), datasets):
         print(f"{name}: {len(ds)} entries, {len(ds.truncated)} longer than {max_length} tokens (truncated)")
 
-    if args.base_responses and not args.no_responses:
+    if args.base_responses and not args.no_responses and not (out_dir / "responses-base.json").is_file():
         base = generate_responses(model, tokenizer, test, args.max_new_tokens, progress=True)
         base = [{**entry, "run_id": run_id} for entry in base]  # evaluate.py checks it against train_log.json
         print("saved", save_responses(base, out_dir / "responses-base.json"))
@@ -271,31 +309,52 @@ def main(argv: list[str] | None = None) -> int:
         [p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=args.weight_decay
     )
     run_info = {"cfg": model.cfg, "source": source, "args": plain_args(args), "run_id": run_id}
-    bar = tqdm(total=total_steps, desc="finetuning", unit="step")
+    state, seconds_before = None, 0.0
+    if resumed is not None:
+        last = last_epoch_checkpoint(out_dir)
+        load_checkpoint(last, model, optimizer, map_location=device)  # the weights with adapters, if any
+        state, seconds_before = resumed["train_state"], resumed["seconds"]
+        print(f"resuming from {last.name}: {resumed['epochs']} of {args.epochs} epoch(s) done")
+    bar = tqdm(
+        total=total_steps, initial=0 if state is None else state["step"], desc="finetuning", unit="step"
+    )
 
-    evaluations = [0]  # how many evaluations the bar has shown
+    evaluations = [0 if state is None else len(state["history"]["val_losses"])]  # shown by the bar
 
-    def on_step(state: dict) -> None:
-        """Advance the bar, show a new evaluation's losses, save a checkpoint after every epoch."""
+    def on_step(live: dict) -> None:
+        """Advance the bar, show a new evaluation's losses."""
         bar.update(1)
-        history = state["history"]
+        history = live["history"]
         if len(history["val_losses"]) > evaluations[0]:
             evaluations[0] = len(history["val_losses"])
             bar.set_postfix(
                 train=f"{history['train_losses'][-1]:.3f}", val=f"{history['val_losses'][-1]:.3f}"
             )
-        if bar.n % steps_per_epoch == 0:
-            epoch = bar.n // steps_per_epoch
-            save_checkpoint(out_dir / f"epoch-{epoch}.pth", model, optimizer, epochs=epoch, **run_info)
 
     start = time.time()
-    history = finetune(model, train_loader, val_loader, optimizer, device, args, on_step)
+    for epoch in range(0 if state is None else state["step"] // steps_per_epoch, args.epochs):
+        state = finetune(
+            model,
+            train_loader,
+            val_loader,
+            optimizer,
+            device,
+            args,
+            on_step,
+            state,
+            (epoch + 1) * steps_per_epoch,
+        )
+        # a checkpoint after every epoch, with the state that --resume continues from
+        seconds = seconds_before + time.time() - start
+        extras = dict(epochs=epoch + 1, train_state=state, seconds=seconds, **run_info)
+        save_checkpoint(out_dir / f"epoch-{epoch + 1}.pth", model, optimizer, **extras)
     bar.close()
+    history = state["history"]
     if args.lora_rank:
         from gpt_from_scratch.ch06 import merge_lora
 
         merge_lora(model)  # plain linear layers again: the checkpoint loads into a GPTModel
-    minutes = (time.time() - start) / 60
+    minutes = (seconds_before + time.time() - start) / 60
     history = {key: history[key] for key in ("train_losses", "val_losses", "tokens_seen")}  # per evaluation
     final_optimizer = None if args.lora_rank else optimizer  # LoRA: the merged model has no adapters left
     save_checkpoint(

@@ -327,6 +327,36 @@ def claim_out_dir(folder: Path, outputs: Sequence[str], overwrite: bool, other: 
         (Path(folder) / name).unlink()
 
 
+def restore_run_args(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, saved: dict, keys: Sequence[str], legacy: dict
+) -> None:
+    """``--resume``: set ``keys`` from the run's ``saved`` arguments; refuse a flag given with another value.
+
+    A key the checkpoint lacks takes its ``legacy`` value (what older runs used), else the parsed one.
+    """
+    defaults = vars(parser.parse_known_args([])[0])  # folders included, as parsing fills them in
+    given = [k for k in keys if getattr(args, k) not in (defaults.get(k), saved.get(k))]
+    if given:  # the run's settings come from its checkpoint: never ignore a flag silently
+        flags = ", ".join(
+            f"--{k.replace('_', '-')} {getattr(args, k)} (the run's: {saved.get(k)})" for k in given
+        )
+        raise SystemExit(f"--resume continues the run with its own settings; drop {flags}")
+    for key in keys:
+        setattr(args, key, saved.get(key, legacy.get(key, getattr(args, key))))
+
+
+def course_file_or_path(name: str, flag: str) -> Path:
+    """A registered course file by name (fetched: cache, mirror, then its URLs), else an existing file."""
+    from shared.data import fetch
+    from shared.registry import FILES
+
+    if name in FILES:
+        return fetch(name, quiet=True)
+    if not Path(name).is_file():
+        raise SystemExit(f"{flag} {name!r} is neither a course file (shared/registry.py) nor a file")
+    return Path(name)
+
+
 def base_weights(args: argparse.Namespace) -> str | None:
     """``--weights`` as ``load_base_model`` takes it: None for auto, else ``gpt2`` or ``books``."""
     return None if args.weights == "auto" else args.weights

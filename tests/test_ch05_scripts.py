@@ -159,9 +159,7 @@ def test_default_folders_go_through_checkpoint_dir(script_module, monkeypatch, t
 
 
 def test_train_py_stays_short():
-    assert (
-        len(TRAIN.read_text().splitlines()) < 490
-    )  # 450 before issue 21 (argument types, --overwrite, what can go wrong)
+    assert len(TRAIN.read_text().splitlines()) < 450  # issue 19
 
 
 def test_resume_refuses_flags_it_would_ignore(tmp_path, run_script, tiny_cfg):

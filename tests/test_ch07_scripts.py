@@ -287,3 +287,37 @@ def test_mask_prompt_with_a_max_length_shorter_than_the_prompts_is_refused(
     done = run_script(FINETUNE, *args, check=False)
     assert done.code == 1 and "--max-length 20 cuts" in done.err
     assert not (tmp_path / "x" / "model.pth").exists()
+
+
+def test_resume_after_a_kill_in_epoch_two_ends_as_the_uninterrupted_run(finetuned, tmp_path, run_script):
+    """Issue 21: chapter 7's finetune gets --resume; it continues from the last epoch checkpoint."""
+    import shutil
+
+    whole, _ = finetuned
+    out = tmp_path / "killed"
+    shutil.copytree(whole, out)
+    for name in ("epoch-2.pth", "model.pth", "responses.json", "train_log.json"):
+        (out / name).unlink()  # killed during the second epoch
+    args = ["--resume", "--out-dir", str(out), "--max-new-tokens", "4", "--base-responses", "--device", "cpu"]
+    done = run_script(FINETUNE, *args, "--threads", "1", env={"COURSE_QUICK": "0"})
+    assert "resuming from epoch-1.pth: 1 of 2 epoch(s) done" in done.out
+    resumed, uninterrupted = GPTModel(TINY), GPTModel(TINY)
+    extra = load_checkpoint(out / "model.pth", resumed)
+    load_checkpoint(whole / "model.pth", uninterrupted)
+    for (name, a), b in zip(resumed.state_dict().items(), uninterrupted.state_dict().values()):
+        assert torch.equal(a, b), name
+    logs = [json.loads((folder / "train_log.json").read_text()) for folder in (out, whole)]
+    assert logs[0]["val_losses"] == logs[1]["val_losses"] and logs[0]["run_id"] == logs[1]["run_id"]
+    assert extra["run_id"] == logs[1]["run_id"]  # the same run: evaluate.py accepts its responses
+    assert (out / "responses-base.json").read_bytes() == (whole / "responses-base.json").read_bytes()
+
+
+def test_resume_refuses_other_settings_and_a_folder_without_a_run(finetuned, tmp_path, run_script):
+    whole, _ = finetuned
+    done = run_script(FINETUNE, "--resume", "--out-dir", str(whole), "--lr", "1e-3", check=False)
+    assert done.code == 1 and "--lr 0.001 (the run's: 0.0002)" in done.err
+    assert len(done.err.strip().splitlines()) == 1
+    done = run_script(FINETUNE, "--resume", "--out-dir", str(tmp_path / "empty"), check=False)
+    assert done.code == 1 and "no epoch-<k>.pth" in done.err
+    done = run_script(FINETUNE, "--resume", "--overwrite", "--out-dir", str(whole), check=False)
+    assert done.code == 1 and "choose one" in done.err
