@@ -7,7 +7,7 @@ export cells, so this script uses the very ``PreferenceDataset``, ``dataset_log_
 Examples (from the repository root):
 
     python ch07_instruction/finetune.py --epochs 2                  # first: checkpoints/ch07/model.pth
-    python ch07_instruction/dpo.py --beta 0.1 --lr 5e-5 --epochs 2   # writes checkpoints/ch07-dpo
+    python ch07_instruction/dpo.py --beta 0.1 --lr 5e-6 --epochs 2   # writes checkpoints/ch07-dpo
     python ch07_instruction/dpo.py --resume --epochs 3               # one more epoch after the last one
     python ch07_instruction/dpo.py --init-from my/model.pth --out-dir checkpoints/ch07-dpo-b05 --beta 0.5
     python ch07_instruction/dpo.py --quick     # from checkpoints/ch07-quick/model.pth (finetune.py --quick)
@@ -74,6 +74,8 @@ from shared.cli import (
     add_overwrite,
     add_seed,
     claim_out_dir,
+    course_file_or_path,
+    last_epoch_checkpoint,
     plain_args,
     positive_float,
     positive_int,
@@ -122,7 +124,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="course file name or path to a JSON list",
     )
     p.add_argument("--beta", type=positive_float, default=0.1, help="DPO's beta: how far the policy may move")
-    p.add_argument("--lr", type=positive_float, default=5e-5, help="learning rate (AdamW, no weight decay)")
+    p.add_argument("--lr", type=positive_float, default=5e-6, help="learning rate (AdamW, no weight decay)")
     p.add_argument(
         "--epochs",
         type=positive_int,
@@ -160,19 +162,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def data_path(name: str) -> Path:
-    """A registered course file by name (downloaded or cached), else a path."""
-    from shared.data import fetch
-    from shared.registry import FILES
-
-    if name in FILES:
-        return fetch(name, quiet=True)
-    path = Path(name)
-    if not path.is_file():
-        raise SystemExit(f"error: --data {name!r} is neither a course file (shared/registry.py) nor a file")
-    return path
-
-
 def load_init_model(path: Path) -> tuple[GPTModel, dict]:
     """The model of a checkpoint that carries its settings (``cfg``), and the checkpoint's extras."""
     if not path.is_file():
@@ -192,16 +181,6 @@ def load_init_model(path: Path) -> tuple[GPTModel, dict]:
         raise CourseFileError(f"{path} holds unusable model settings ({type(err).__name__}: {err})") from None
     load_checkpoint(path, model)
     return model.eval(), extra
-
-
-def last_epoch_checkpoint(folder: Path) -> Path | None:
-    """The ``epoch-<k>.pth`` with the largest k in ``folder``, or None."""
-    found = []
-    for path in folder.glob("epoch-*.pth"):
-        number = path.stem.removeprefix("epoch-")
-        if number.isdigit():
-            found.append((int(number), path))
-    return max(found)[1] if found else None
 
 
 def check_resume(args: argparse.Namespace, saved: dict, path: Path) -> None:
@@ -231,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     from shared.tokenizer import get_gpt2_tokenizer
 
     try:
-        data = load_instruction_data(data_path(args.data), required=(*PREFERENCE_KEYS, "output"))
+        path = course_file_or_path(args.data, "--data")
+        data = load_instruction_data(path, required=(*PREFERENCE_KEYS, "output"))
     except InstructionDataError as err:
         raise SystemExit(f"error: {err}") from None
     device = setup_runtime(args)

@@ -77,6 +77,8 @@ from shared.cli import (
     add_overwrite,
     add_seed,
     claim_out_dir,
+    course_file_or_path,
+    last_epoch_checkpoint,
     load_base,
     nonneg_float,
     nonneg_int,
@@ -168,25 +170,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def last_epoch_checkpoint(folder: Path) -> Path | None:
-    """The newest ``epoch-<k>.pth`` in ``folder`` (the highest k), or None."""
-    found = [(int(p.stem[6:]), p) for p in Path(folder).glob("epoch-*.pth") if p.stem[6:].isdigit()]
-    return max(found)[1] if found else None
-
-
-def data_path(name: str) -> Path:
-    """A registered course file by name (downloaded or cached), else a path."""
-    from shared.data import fetch
-    from shared.registry import FILES
-
-    if name in FILES:
-        return fetch(name, quiet=True)
-    path = Path(name)
-    if not path.is_file():
-        raise SystemExit(f"--data {name!r} is neither a course file (shared/registry.py) nor a file")
-    return path
-
-
 def finetune(
     model: torch.nn.Module,
     train_loader: DataLoader,
@@ -232,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     from shared.tokenizer import get_gpt2_tokenizer
 
     try:
-        data = load_instruction_data(data_path(args.data))
+        data = load_instruction_data(course_file_or_path(args.data, "--data"))
     except InstructionDataError as err:
         raise SystemExit(f"error: {err}") from None
     device = setup_runtime(args)

@@ -345,6 +345,12 @@ def restore_run_args(
         setattr(args, key, saved.get(key, legacy.get(key, getattr(args, key))))
 
 
+def last_epoch_checkpoint(folder: Path) -> Path | None:
+    """The ``epoch-<k>.pth`` with the largest k in ``folder`` (where ``--resume`` starts), or None."""
+    found = [(int(p.stem[6:]), p) for p in Path(folder).glob("epoch-*.pth") if p.stem[6:].isdigit()]
+    return max(found)[1] if found else None
+
+
 def course_file_or_path(name: str, flag: str) -> Path:
     """A registered course file by name (fetched: cache, mirror, then its URLs), else an existing file."""
     from shared.data import fetch
