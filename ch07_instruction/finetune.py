@@ -225,12 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         claim_out_dir(out_dir, RUN_OUTPUTS, args.overwrite, ", or --resume to continue it")
     out_dir.mkdir(parents=True, exist_ok=True)
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"  # carried by every file of the run
-    resumed = read_checkpoint(last_epoch_checkpoint(out_dir))["extra"] if args.resume else None
+    last = last_epoch_checkpoint(out_dir) if args.resume else None  # where --resume continues
+    resumed = read_checkpoint(last)["extra"] if last is not None else None
     if resumed is not None:
         if "train_state" not in resumed:
             raise CourseFileError(
-                f"{last_epoch_checkpoint(out_dir)} comes from a version without --resume; start again with "
-                "--overwrite"
+                f"{last} comes from a version without --resume; start again with --overwrite"
             )
         run_id = resumed["run_id"]
 
@@ -294,7 +294,6 @@ def main(argv: list[str] | None = None) -> int:
     run_info = {"cfg": model.cfg, "source": source, "args": plain_args(args), "run_id": run_id}
     state, seconds_before = None, 0.0
     if resumed is not None:
-        last = last_epoch_checkpoint(out_dir)
         load_checkpoint(last, model, optimizer, map_location=device)  # the weights with adapters, if any
         state, seconds_before = resumed["train_state"], resumed["seconds"]
         print(f"resuming from {last.name}: {resumed['epochs']} of {args.epochs} epoch(s) done")
