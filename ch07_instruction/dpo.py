@@ -8,6 +8,7 @@ Examples (from the repository root):
 
     python ch07_instruction/finetune.py --epochs 2                  # first: checkpoints/ch07/model.pth
     python ch07_instruction/dpo.py --beta 0.1 --lr 5e-6 --epochs 2   # writes checkpoints/ch07-dpo
+    python ch07_instruction/dpo.py --resume                          # continue an interrupted run
     python ch07_instruction/dpo.py --resume --epochs 3               # one more epoch after the last one
     python ch07_instruction/dpo.py --init-from my/model.pth --out-dir checkpoints/ch07-dpo-b05 --beta 0.5
     python ch07_instruction/dpo.py --quick     # from checkpoints/ch07-quick/model.pth (finetune.py --quick)
@@ -28,8 +29,9 @@ to ``--out-dir`` (default ``checkpoints/ch07-dpo``):
 
 What can go wrong: without chapter 7's checkpoint the script stops and says which command writes it.
 A folder that holds a run needs ``--overwrite`` (which removes its files first) or ``--resume``
-(which continues after the last finished epoch and refuses changed settings: --init-from, --data,
---beta, --lr, --batch-size, --limit, --seed, --max-length). Every file is written whole or not at all
+(which continues after the last finished epoch with the run's own settings, restored from its
+checkpoint as train.py and finetune.py do: a flag given with another value is refused, and only
+``--epochs`` may be raised). Every file is written whole or not at all
 (a temporary file, then a rename). A damaged or foreign checkpoint, a failed download or Ctrl-C gives
 one line and exit code 1 (130 for Ctrl-C); ``--debug`` shows the traceback. A bad value is refused
 before any work (exit code 2). A beta that is too small or a learning rate that is too large makes
@@ -79,6 +81,7 @@ from shared.cli import (
     plain_args,
     positive_float,
     positive_int,
+    restore_run_args,
     script_main,
     script_parser,
     setup_runtime,
@@ -86,16 +89,9 @@ from shared.cli import (
 
 RUN_OUTPUTS = ("model.pth", "epoch-*.pth", "responses.json", "report.json")  # one run's files
 QUICK = {"limit": 24, "epochs": 1, "max_new_tokens": 12, "batch_size": 4}  # --quick: a few pairs, one epoch
-SETTINGS = (
-    "init_from",
-    "data",
-    "beta",
-    "lr",
-    "batch_size",
-    "limit",
-    "seed",
-    "max_length",
-)  # fixed on --resume
+RUN_ARGS = (  # what defines a run; restored from its last epoch checkpoint on --resume (--epochs may grow)
+    "init_from data beta lr batch_size limit seed max_length eval_freq max_new_tokens quick"
+).split()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -148,6 +144,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="longest response generated")
     p.add_argument("--resume", action="store_true", help="continue the run in --out-dir after its last epoch")
     args = p.parse_args(argv)
+    if args.resume:  # the run's own settings, from its newest epoch checkpoint
+        if args.overwrite:
+            raise SystemExit("--resume continues the run in --out-dir, --overwrite replaces it: choose one")
+        if (last := last_epoch_checkpoint(args.out_dir)) is None:
+            raise SystemExit(f"--resume: no epoch-<k>.pth in {args.out_dir}; start without --resume first")
+        saved = read_checkpoint(last)["extra"].get("args", {})
+        restore_run_args(p, args, saved, RUN_ARGS, {})
+        args.epochs = saved.get("epochs") if args.epochs is None else args.epochs  # the run's, or more
     if args.quick:  # same code path, smaller sizes
         args.limit = QUICK["limit"] if args.limit is None else args.limit
         args.max_new_tokens = min(args.max_new_tokens, QUICK["max_new_tokens"])
@@ -183,18 +187,6 @@ def load_init_model(path: Path) -> tuple[GPTModel, dict]:
     return model.eval(), extra
 
 
-def check_resume(args: argparse.Namespace, saved: dict, path: Path) -> None:
-    """Refuse ``--resume`` when a setting differs from the run's, or when no epoch is left to train."""
-    now = plain_args(args)
-    for name in SETTINGS:
-        if saved.get(name) != now.get(name):
-            flag = "--" + name.replace("_", "-")
-            raise SystemExit(
-                f"error: --resume: {path.parent} was trained with {flag} {saved.get(name)}, this run asks "
-                f"for {now.get(name)}; drop the change, or start a new run (--overwrite or another --out-dir)"
-            )
-
-
 def metric_means(results: list[dict]) -> dict[str, float]:
     """Chapter 7's offline metrics of a set of responses, averaged (rounded to 4 places)."""
     scores = score_responses(results)
@@ -216,15 +208,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {err}") from None
     device = setup_runtime(args)
     out_dir = args.out_dir
-    resume_from = last_epoch_checkpoint(out_dir) if args.resume else None
-    if args.resume and resume_from is None:
-        raise SystemExit(f"error: --resume: {out_dir} holds no epoch-<k>.pth to continue from")
+    resume_from = last_epoch_checkpoint(out_dir) if args.resume else None  # parse_args checked it is there
     if not args.resume:
         claim_out_dir(out_dir, RUN_OUTPUTS, args.overwrite, ", or --resume to continue it")
     reference, init_extra = load_init_model(args.init_from)
     resumed = read_checkpoint(resume_from)["extra"] if resume_from else None
     if resumed is not None:
-        check_resume(args, resumed.get("args", {}), resume_from)
         if resumed["epochs"] >= args.epochs:
             raise SystemExit(
                 f"error: --resume: {resume_from.name} has already trained {resumed['epochs']} epochs; "

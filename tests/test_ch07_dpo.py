@@ -168,6 +168,36 @@ def test_script_quick_run_resume_and_refusals(tmp_path, init_checkpoint, run_scr
     assert len(report["seconds_per_epoch"]) == 2 and report["history"]["step"][-1] == 4  # 2 epochs of 2 steps
 
 
+def test_script_resume_restores_the_runs_settings(tmp_path, init_checkpoint, run_script, mirror):
+    """--resume means what it means in train.py and finetune.py: omitted settings come from the run."""
+    out = tmp_path / "dpo"
+    where = ("--init-from", str(init_checkpoint), "--out-dir", str(out))
+    run_script(
+        SCRIPT, "--quick", *where, "--limit", "8", "--beta", "0.5", "--epochs", "2", "--max-new-tokens", "3"
+    )
+    first = json.loads((out / "report.json").read_text())
+    for name in ("epoch-2.pth", "model.pth", "report.json", "responses.json"):  # as if killed in epoch 2
+        (out / name).unlink()
+    both = run_script(SCRIPT, *where, "--resume", "--overwrite", check=False)
+    assert both.code == 1 and "choose one" in both.err and (out / "epoch-1.pth").is_file()
+    resumed = run_script(SCRIPT, *where, "--resume")  # no --quick, --beta, --limit or --epochs given
+    assert "resuming after epoch 1" in resumed.out and (out / "epoch-2.pth").is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert {k: report["args"][k] for k in ("beta", "epochs", "limit", "quick", "max_new_tokens")} == {
+        "beta": 0.5,
+        "epochs": 2,
+        "limit": 8,
+        "quick": True,
+        "max_new_tokens": 3,
+    }
+    assert report["run_id"] == first["run_id"] and len(report["seconds_per_epoch"]) == 2
+    assert report["history"]["step"] == first["history"]["step"]
+    finished = run_script(SCRIPT, *where, "--resume", check=False)  # nothing left to train
+    assert finished.code == 1 and "raise --epochs" in finished.err
+    empty = run_script(SCRIPT, "--resume", "--out-dir", str(tmp_path / "none"), check=False)
+    assert empty.code == 1 and "no epoch-<k>.pth" in empty.err
+
+
 @pytest.mark.parametrize(
     ("flag", "value"),
     [
