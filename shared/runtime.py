@@ -35,6 +35,10 @@ NEEDS_BASE_MODEL = "it needs a base model (GPT-2, or the books model of ch05_pre
 FULL_MODE_COST = {
     "ch01_llms": "seconds; nothing in this chapter depends on the mode",
     "ch02_text_data": "seconds; nothing in this chapter depends on the mode",
+    "ch02_text_data/bpe_from_scratch.ipynb": (
+        "seconds; quick mode checks the tokenizer on the first 100,000 characters of a Gutenberg book"
+        " instead of the whole book"
+    ),
     "ch03_attention": "seconds; nothing in this chapter depends on the mode",
     "ch04_gpt_model": "about a minute; nothing in this chapter depends on the mode",
     "ch05_pretraining": (
