@@ -57,7 +57,8 @@ def colab_link_cell(notebook: str) -> str:
 [open this notebook in Colab]({colab_url(notebook)}). The next cell sets the course up
 and prints the **mode** and what a full run costs: *full* is the real course; *quick*
 (`%env COURSE_QUICK=1` in a new cell, then run the notebook from the top) shrinks data, models and
-training steps so that the notebook runs in a few minutes, with numbers that differ from the text."""
+training steps so that the notebook runs in a few minutes (where a chapter depends on the mode, its
+numbers then differ from the text)."""
 
 
 def setup_cell(chapter: str, notebook: str) -> str:
