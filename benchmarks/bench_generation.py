@@ -16,12 +16,13 @@ and by the book's ``load_weights_into_gpt``), batch 1, a 10-token prompt, 100 an
   ``reset_kv_cache``, which its GPT-2 lacks);
 - the course: ``generate_text_cached`` (chapter 4, section 4.8: a plain preallocated KV cache);
   the course's library decoder ``generate_text_fast`` (chapter 5's speed notebook; ``FastDecoder``
-  runs the model's own layers with stacked query/key/value weights, the grouped matrix-vector
-  products in float32 and chapter 4's preallocated cache) with ``GPTModelFast`` in float32, untied
+  runs the model's own layers with stacked query/key/value weights, every product through
+  ``F.linear``, and chapter 4's preallocated cache) with ``GPTModelFast`` in float32, untied
   (163M parameters, as the course trains it) and tied (124M, what Hugging Face runs), the same with
-  ``grouped=False`` (an ablation: every product through ``F.linear``), and with the model converted
-  to bfloat16 once (weights and cache in bf16; the default there is ``F.linear``, the grouped
-  products an ablation; extra rows, their tokens may differ).
+  ``grouped=True`` (every product through ``grouped_matvec``, faster on some CPUs), and with the model
+  converted to bfloat16 once (weights and cache in bf16, with either product; extra rows, their
+  tokens may differ). Before 2026-12-06 the float32 default was ``grouped=True``: the tables of
+  ``benchmarks/README.md`` dated before then name their rows accordingly.
 
 All run in this one process, interleaved (every method once per round, ``--repeats`` rounds),
 after one untimed warm-up call each. The script checks that every float32 method produced the
@@ -49,7 +50,7 @@ PROMPT_TOKENS = 10
 HF = "Hugging Face `generate` (use_cache=True), fp32"
 FAST = "course `generate_text_fast` (`GPTModelFast`), fp32"
 FAST_TIED = "course `generate_text_fast` (`GPTModelFast`, tied head: 124M as GPT-2), fp32"
-FAST_LINEAR = "course `generate_text_fast`, `grouped=False` (every product through `F.linear`), fp32"
+FAST_GROUPED = "course `generate_text_fast`, `grouped=True` (every product through `grouped_matvec`), fp32"
 FAST_BF16 = "course `generate_text_fast` (`GPTModelFast`), bf16 weights and cache (`F.linear`, the default)"
 FAST_BF16_GROUPED = "course `generate_text_fast`, `grouped=True`, bf16 weights and cache"
 TARGET = 2.0  # the fast generator vs. Hugging Face, fp32 weights, same tokens
@@ -124,7 +125,7 @@ def build_methods(
     tied = ch05.GPTModelFast(cfg, tie_weights=True).eval()
     tied.load_state_dict(model.state_dict())  # Hugging Face's head is its embedding: one matrix
     methods[FAST_TIED] = lambda idx, n: generate_fast(tied, idx, n, ctx)
-    methods[FAST_LINEAR] = lambda idx, n: generate_fast(fast, idx, n, ctx, grouped=False)
+    methods[FAST_GROUPED] = lambda idx, n: generate_fast(fast, idx, n, ctx, grouped=True)
     fast16 = ch05.GPTModelFast(cfg).eval()
     fast16.load_state_dict(model.state_dict())
     fast16 = fast16.to(torch.bfloat16)  # converted once, as a user decoding in bf16 would

@@ -1400,10 +1400,10 @@ class FastDecoder:
     Works for ``GPTModel`` and ``GPTModelFast`` (same parameter names): ``self.model`` is a
     ``GPTModelFast`` sharing the model's weights, converted to ``dtype`` (default: the model's; e.g.
     ``torch.bfloat16`` reads half the bytes per token), with each block's query, key and value
-    weights stacked once. ``grouped`` (default: for float32 only) makes every product
-    ``grouped_matvec`` instead of ``F.linear``; which is faster depends on the CPU (section 6.3
-    measures both). A model whose parameters are not ``GPTModel``'s (e.g. with LoRA adapters) is
-    decoded in its own dtype by chapter 4's ``forward_with_cache`` (eval mode).
+    weights stacked once. Every product is ``F.linear``, or ``grouped_matvec`` with ``grouped=True``:
+    which is faster depends on the CPU (section 6.3 measures both). A model whose parameters are not
+    ``GPTModel``'s (e.g. with LoRA adapters) is decoded in its own dtype by
+    chapter 4's ``forward_with_cache`` (eval mode).
     """
 
     def __init__(
@@ -1412,10 +1412,10 @@ class FastDecoder:
         batch_size: int,
         max_len: int | None = None,
         dtype: torch.dtype | None = None,
-        grouped: bool | None = None,
+        grouped: bool = False,
     ):
         self.dtype = model.tok_emb.weight.dtype if dtype is None else dtype
-        self.grouped = self.dtype == torch.float32 if grouped is None else grouped
+        self.grouped = grouped
         self.linear = grouped_matvec if self.grouped else F.linear
         tied = getattr(model.out_head, "weight", None) is model.tok_emb.weight  # (an adapter has none)
         with torch.device("meta"):
@@ -1489,7 +1489,7 @@ def generate_text_fast(
     max_new_tokens: int,
     context_size: int | None = None,
     dtype: torch.dtype | None = None,
-    grouped: bool | None = None,
+    grouped: bool = False,
     *,
     temperature: float = 0.0,
     top_k: int | None = None,

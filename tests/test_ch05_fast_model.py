@@ -229,15 +229,15 @@ def test_eos_stops_like_generate(cfg, model_class, batch):
                 assert set(ids[ids.index(firsts[0]) :]) == {firsts[0]}
 
 
-def test_decoder_default_products_follow_the_dtype(cfg):
-    """grouped_matvec by default only for float32 (bf16 batched products are slow); either can be forced."""
+def test_decoder_products_are_f_linear_unless_grouped_is_asked(cfg):
+    """F.linear by default in every dtype (PyTorch's own product); grouped_matvec only when asked."""
     ref, fast = pair(cfg)
-    assert FastDecoder(fast, 1).grouped is True
-    assert FastDecoder(fast, 1, dtype=torch.bfloat16).grouped is False
-    assert FastDecoder(fast, 1, dtype=torch.bfloat16, grouped=True).grouped is True
-    assert FastDecoder(fast, 1, grouped=False).grouped is False
+    assert FastDecoder(fast, 1).linear is torch.nn.functional.linear and FastDecoder(fast, 1).grouped is False
+    assert FastDecoder(fast, 1, dtype=torch.bfloat16).linear is torch.nn.functional.linear
+    assert FastDecoder(fast, 1, grouped=True).linear is grouped_matvec
+    assert FastDecoder(fast, 1, dtype=torch.bfloat16, grouped=True).linear is grouped_matvec
     prompt = tokens(cfg, t=4)
-    for grouped in (None, True, False):
+    for grouped in (True, False):
         out16 = generate_text_fast(ref, prompt, 10, 16, dtype=torch.bfloat16, grouped=grouped)
         assert out16.shape == (2, 14) and torch.equal(out16[:, :4], prompt)
     assert all(p.dtype == torch.float32 for p in ref.parameters())  # the model itself is not converted
