@@ -21,8 +21,8 @@ and by the book's ``load_weights_into_gpt``), batch 1, a 10-token prompt, 100 an
   (163M parameters, as the course trains it) and tied (124M, what Hugging Face runs), the same with
   ``grouped=True`` (every product through ``grouped_matvec``, faster on some CPUs), and with the model
   converted to bfloat16 once (weights and cache in bf16, with either product; extra rows, their
-  tokens may differ). Before 2026-12-06 the float32 default was ``grouped=True``: the tables of
-  ``benchmarks/README.md`` dated before then name their rows accordingly.
+  tokens may differ). Until the tables of 2026-12-05 the float32 default was ``grouped=True``, and the
+  tables of ``benchmarks/README.md`` name their rows accordingly.
 
 All run in this one process, interleaved (every method once per round, ``--repeats`` rounds),
 after one untimed warm-up call each. The script checks that every float32 method produced the
