@@ -180,17 +180,23 @@ def model_config(args: argparse.Namespace) -> dict:
     return {**cfg, "drop_rate": args.drop_rate}
 
 
+def book_names(value: str, flag: str) -> list[str]:
+    """The registered books of ``--books``/``--val-books`` (``all`` or numbers such as ``84,1342``)."""
+    try:
+        chosen = list(GUTENBERG_BOOKS) if value == "all" else [int(n) for n in value.split(",") if n.strip()]
+    except ValueError:
+        raise SystemExit(f"{flag} {value!r}: expected 'all' or eBook numbers such as 84,98") from None
+    if unknown := sorted(set(chosen) - set(GUTENBERG_BOOKS)):
+        raise SystemExit(f"{flag}: {unknown} are not registered; choose from {list(GUTENBERG_BOOKS)}")
+    return [f"pg{n}" for n in chosen]
+
+
 def book_tokens(args: argparse.Namespace, folder: Path, tokenizer) -> tuple:
     """The training and validation token arrays (memory-mapped), tokenized once into ``folder/tokens``."""
     from gpt_from_scratch.ch05 import read_token_file, split_books, strip_gutenberg, write_token_file
 
-    def numbers(value: str) -> list[str]:
-        chosen = list(GUTENBERG_BOOKS) if value == "all" else [int(n) for n in value.split(",") if n.strip()]
-        if unknown := sorted(set(chosen) - set(GUTENBERG_BOOKS)):
-            raise SystemExit(f"--books: {unknown} are not registered; choose from {list(GUTENBERG_BOOKS)}")
-        return [f"pg{n}" for n in chosen]
-
-    train_names, val_names = split_books(numbers(args.books), numbers(args.val_books))
+    books = book_names(args.books, "--books"), book_names(args.val_books, "--val-books")
+    train_names, val_names = split_books(*books)
     arrays = []
     for split, wanted in (("train", train_names), ("val", val_names)):
         path = folder / "tokens" / f"{split}.bin"
@@ -401,7 +407,10 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in {**DEFAULTS[args.data], "prompt": PROMPTS[args.data]}.items():
         if getattr(args, key) is None:  # the default of the mode (--data)
             setattr(args, key, value)
-    model_config(args)  # the model's shape is checked before any work
+    model_config(args)  # the model's shape and the books are checked before any work
+    for value, flag in ((args.books, "--books"), (args.val_books, "--val-books")):
+        if args.data == "books":
+            book_names(value, flag)
     device = setup_runtime(args)  # --threads, --seed and --device
     try:
         return train(args, folder, device)

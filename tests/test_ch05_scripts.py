@@ -187,3 +187,12 @@ def test_n_heads_that_do_not_divide_the_width_are_refused(tmp_path, run_script):
     )
     assert done.code == 1 and "--n-heads 3 must divide the width (--emb-dim 64)" in done.err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--books", "99999"), ("--val-books", "84,x")])
+def test_unknown_books_are_refused_before_any_work(tmp_path, run_script, flag, value):
+    books = ("--data", "books", "--model", "tiny", flag, value)
+    done = run_script(TRAIN, *books, "--out-dir", str(tmp_path / "r"), check=False)
+    lines = done.err.strip().splitlines()
+    assert done.code == 1 and len(lines) == 1 and lines[0].startswith(flag), done.err
+    assert done.out == "" and not (tmp_path / "r").exists()  # nothing printed, loaded or written
