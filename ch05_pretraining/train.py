@@ -413,7 +413,10 @@ def main(argv: list[str] | None = None) -> int:
             book_names(value, flag)
     device = setup_runtime(args)  # --threads, --seed and --device
     try:
-        return train(args, folder, device)
+        code = train(args, folder, device)
+        if dist.is_initialized():
+            dist.barrier()  # no process tears the group down while another is still using it
+        return code
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
