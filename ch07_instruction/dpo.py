@@ -77,11 +77,10 @@ from shared.cli import (
     add_seed,
     claim_out_dir,
     course_file_or_path,
-    last_epoch_checkpoint,
     plain_args,
     positive_float,
     positive_int,
-    restore_run_args,
+    resume_run,
     script_main,
     script_parser,
     setup_runtime,
@@ -144,14 +143,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="longest response generated")
     p.add_argument("--resume", action="store_true", help="continue the run in --out-dir after its last epoch")
     args = p.parse_args(argv)
-    if args.resume:  # the run's own settings, from its newest epoch checkpoint
-        if args.overwrite:
-            raise SystemExit("--resume continues the run in --out-dir, --overwrite replaces it: choose one")
-        if (last := last_epoch_checkpoint(args.out_dir)) is None:
-            raise SystemExit(f"--resume: no epoch-<k>.pth in {args.out_dir}; start without --resume first")
-        saved = read_checkpoint(last)["extra"].get("args", {})
-        restore_run_args(p, args, saved, RUN_ARGS, {})
-        args.epochs = saved.get("epochs") if args.epochs is None else args.epochs  # the run's, or more
+    resume_run(p, args, RUN_ARGS, lambda path: read_checkpoint(path)["extra"])  # the run's own settings
+    if args.resume and args.epochs is None:  # the run's epochs; --epochs may raise them
+        args.epochs = args._resumed[1]["args"].get("epochs")
     if args.quick:  # same code path, smaller sizes
         args.limit = QUICK["limit"] if args.limit is None else args.limit
         args.max_new_tokens = min(args.max_new_tokens, QUICK["max_new_tokens"])
@@ -208,11 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {err}") from None
     device = setup_runtime(args)
     out_dir = args.out_dir
-    resume_from = last_epoch_checkpoint(out_dir) if args.resume else None  # parse_args checked it is there
+    resume_from, resumed = args._resumed or (None, None)  # read by parse_args
     if not args.resume:
         claim_out_dir(out_dir, RUN_OUTPUTS, args.overwrite, ", or --resume to continue it")
     reference, init_extra = load_init_model(args.init_from)
-    resumed = read_checkpoint(resume_from)["extra"] if resume_from else None
     if resumed is not None:
         if resumed["epochs"] >= args.epochs:
             raise SystemExit(

@@ -78,14 +78,13 @@ from shared.cli import (
     add_seed,
     claim_out_dir,
     course_file_or_path,
-    last_epoch_checkpoint,
     load_base,
     nonneg_float,
     nonneg_int,
     plain_args,
     positive_float,
     positive_int,
-    restore_run_args,
+    resume_run,
     script_main,
     script_parser,
     setup_runtime,
@@ -156,12 +155,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also save the responses of the model before finetuning (responses-base.json)",
     )
     args = p.parse_args(argv)
-    if args.resume:  # the run's own settings, from its newest epoch checkpoint
-        if args.overwrite:
-            raise SystemExit("--resume continues the run in --out-dir, --overwrite replaces it: choose one")
-        if (last := last_epoch_checkpoint(args.out_dir)) is None:
-            raise SystemExit(f"--resume: no epoch-<k>.pth in {args.out_dir}; finetune without --resume first")
-        restore_run_args(p, args, read_checkpoint(last)["extra"]["args"], RUN_ARGS, {})
+    resume_run(p, args, RUN_ARGS, lambda path: read_checkpoint(path)["extra"])  # the run's own settings
+    if args.resume:
         args.books_dir = None if args.books_dir is None else Path(args.books_dir)
     if args.quick:  # same code path, smaller sizes; never the GPT-2 download
         args.limit = QUICK["limit"] if args.limit is None else args.limit
@@ -225,8 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         claim_out_dir(out_dir, RUN_OUTPUTS, args.overwrite, ", or --resume to continue it")
     out_dir.mkdir(parents=True, exist_ok=True)
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"  # carried by every file of the run
-    last = last_epoch_checkpoint(out_dir) if args.resume else None  # where --resume continues
-    resumed = read_checkpoint(last)["extra"] if last is not None else None
+    last, resumed = args._resumed or (None, None)  # where --resume continues, read by parse_args
     if resumed is not None:
         if "train_state" not in resumed:
             raise CourseFileError(

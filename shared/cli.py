@@ -345,6 +345,30 @@ def restore_run_args(
         setattr(args, key, saved.get(key, legacy.get(key, getattr(args, key))))
 
 
+def resume_run(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    keys: Sequence[str],
+    read_extra: Callable[[Path], dict],
+) -> None:
+    """``--resume`` from the newest ``epoch-<k>.pth``: restore ``keys``, keep (path, extras) in ``_resumed``.
+
+    ``read_extra`` reads a checkpoint's extras (the scripts pass chapter 5's reader); the run's
+    arguments are under ``"args"``. The checkpoint is read once: ``main`` finds it in ``args._resumed``
+    (None without ``--resume``), which ``plain_args`` leaves out.
+    """
+    args._resumed = None
+    if not args.resume:
+        return
+    if args.overwrite:
+        raise SystemExit("--resume continues the run in --out-dir, --overwrite replaces it: choose one")
+    if (last := last_epoch_checkpoint(args.out_dir)) is None:
+        raise SystemExit(f"--resume: no epoch-<k>.pth in {args.out_dir}; run without --resume first")
+    extra = read_extra(last)
+    restore_run_args(parser, args, extra.get("args", {}), keys, {})
+    args._resumed = (last, extra)
+
+
 def last_epoch_checkpoint(folder: Path) -> Path | None:
     """The ``epoch-<k>.pth`` with the largest k in ``folder`` (where ``--resume`` starts), or None."""
     found = [(int(p.stem[6:]), p) for p in Path(folder).glob("epoch-*.pth") if p.stem[6:].isdigit()]
@@ -394,8 +418,15 @@ def load_base(
 
 
 def plain_args(args: argparse.Namespace) -> dict:
-    """The parsed arguments as plain values (folders as strings), for checkpoints and JSON logs."""
-    return {name: str(value) if isinstance(value, Path) else value for name, value in vars(args).items()}
+    """The parsed arguments as plain values (folders as strings), for checkpoints and JSON logs.
+
+    Names that start with ``_`` (such as ``_resumed``) are the process's own, not settings: left out.
+    """
+    return {
+        name: str(value) if isinstance(value, Path) else value
+        for name, value in vars(args).items()
+        if not name.startswith("_")
+    }
 
 
 def setup_runtime(args: argparse.Namespace) -> torch.device:
