@@ -408,8 +408,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, key) is None:  # the default of the mode (--data)
             setattr(args, key, value)
     model_config(args)  # the model's shape and the books are checked before any work
-    for value, flag in ((args.books, "--books"), (args.val_books, "--val-books")):
-        if args.data == "books":
+    if args.data == "books":
+        for value, flag in ((args.books, "--books"), (args.val_books, "--val-books")):
             book_names(value, flag)
     device = setup_runtime(args)  # --threads, --seed and --device
     try:
